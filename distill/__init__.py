@@ -1,0 +1,3 @@
+"""distill: knowledge distillation of Transformer models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,115 @@
+"""Command line: ``distill run | validate | recipes``.
+
+Errors in the user's input print one line, ``distill: error: ...``, and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from distill.errors import DistillError
+
+RECIPE_DIRS = (Path.cwd() / "recipes", Path(__file__).resolve().parent.parent / "recipes")
+
+
+def find_recipe(name: str) -> Path:
+    """A recipe by path, or by name (``quickstart``) from ``./recipes`` or the project's recipes."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for folder in RECIPE_DIRS:
+        for candidate in (folder / name, folder / f"{name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    known = ", ".join(sorted(p.stem for p in _recipe_files())) or "none found"
+    raise DistillError(f"recipe not found: {name} (known recipes: {known})")
+
+
+def _recipe_files() -> list[Path]:
+    seen: dict[str, Path] = {}
+    for folder in RECIPE_DIRS:
+        for path in sorted(folder.glob("*.yaml")):
+            seen.setdefault(path.name, path)
+    return list(seen.values())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from distill.config import load_recipe
+    from distill.run import run
+
+    cfg = load_recipe(find_recipe(args.recipe), args.overrides)
+    run(cfg, resume=args.resume)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from distill.config import load_recipe
+    from distill.run import prepare
+
+    cfg = load_recipe(find_recipe(args.recipe), args.overrides)
+    plan = prepare(cfg)
+    sizes = ", ".join(f"{name} {len(split)}" for name, split in plan.splits.items())
+    print(f"recipe OK: {cfg.description or args.recipe}")
+    print(f"  teacher   {cfg.teacher.name_or_path} ({plan.teacher_config.model_type}, {plan.teacher_config.num_hidden_layers} layers)")
+    print(f"  student   {cfg.student.init}" + (f", layers {cfg.student.layers}" if cfg.student.layers else ""))
+    print(f"  labels    {plan.label_names}")
+    print(f"  splits    {sizes}")
+    print(f"  tokenizer {type(plan.tokenizer).__name__}, {len(plan.tokenizer)} tokens")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    files = _recipe_files()
+    if not files:
+        print("no recipes found in ./recipes")
+        return 0
+    width = max(len(p.stem) for p in files)
+    for path in files:
+        try:
+            description = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("description", "")
+        except yaml.YAMLError:
+            description = "(not valid YAML)"
+        print(f"{path.stem.ljust(width)}  {description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation of Transformer models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="run a recipe: fine-tune the teacher if asked, distil, evaluate")
+    p_run.add_argument("recipe", help="recipe file or name (see `distill recipes`)")
+    p_run.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=100")
+    p_run.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output.dir")
+    p_run.set_defaults(func=cmd_run)
+    p_val = sub.add_parser("validate", help="check a recipe, its data, labels and tokenizers without training")
+    p_val.add_argument("recipe")
+    p_val.add_argument("overrides", nargs="*")
+    p_val.set_defaults(func=cmd_validate)
+    p_list = sub.add_parser("recipes", help="list the known recipes")
+    p_list.set_defaults(func=cmd_recipes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="distill: %(message)s")
+    from distill.run import quiet_libraries
+
+    quiet_libraries()
+    try:
+        return args.func(args)
+    except DistillError as e:
+        print(f"distill: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distill: interrupted; `distill run RECIPE --resume` continues from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

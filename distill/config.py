@@ -1,0 +1,438 @@
+"""The recipe: one typed tree of dataclasses, loaded from YAML, overridable as ``key.sub=value``.
+
+Every field is documented once, here. Unknown keys, wrong types and out-of-range values fail at
+load time with a one-line :class:`DistillError` that names the key (and the closest valid key for a
+typo). Checks that need the teacher's config (layer indices) live in :func:`check_against_teacher`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from distill.errors import DistillError
+
+TASKS = ("classification",)
+SOFT_LOSSES = ("kl", "reverse_kl", "jsd")
+HIDDEN_LOSSES = ("mse", "cosine")
+STUDENT_INITS = ("copy_layers", "from_config", "pretrained")
+PRECISIONS = ("no", "bf16", "fp16")
+TEACHER_DTYPES = ("float32", "bfloat16", "float16")
+SCHEDULERS = ("linear", "cosine", "constant")
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tune the teacher on the training split (hard labels only) before distilling.
+
+    Use it when the teacher is a pretrained backbone without a trained task head. The fine-tuned
+    teacher is saved in ``OUTPUT/teacher`` and reused by later runs into the same output folder.
+    """
+
+    enabled: bool = False  # run the stage at all
+    steps: int = 300  # optimizer steps
+    batch_size: int = 32  # examples per process per micro-batch
+    learning_rate: float = 5e-5  # peak learning rate (AdamW)
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_ratio: float = 0.1  # fraction of steps with linear warm-up
+    eval_every: int = 0  # evaluate on the validation split every N steps (0: only at the end)
+
+    def check(self, key: str) -> None:
+        _positive(f"{key}.steps", self.steps)
+        _positive(f"{key}.batch_size", self.batch_size)
+        _positive(f"{key}.learning_rate", self.learning_rate)
+        _in_range(f"{key}.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        _non_negative(f"{key}.weight_decay", self.weight_decay)
+        _non_negative(f"{key}.eval_every", self.eval_every)
+
+
+@dataclass
+class TeacherConfig:
+    """The model whose behaviour the student learns."""
+
+    name_or_path: str = ""  # hub id, local folder, or pkg:PACKAGE/sub/folder (a folder shipped in a package)
+    dtype: str = "float32"  # dtype of the frozen teacher: float32 | bfloat16 | float16
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def check(self, key: str) -> None:
+        if not self.name_or_path:
+            raise DistillError(f"{key}.name_or_path: required (a hub id or a local folder)")
+        _one_of(f"{key}.dtype", self.dtype, TEACHER_DTYPES)
+        self.finetune.check(f"{key}.finetune")
+
+
+@dataclass
+class StudentConfig:
+    """How the student is built. It always shares the teacher's tokenizer."""
+
+    init: str = "copy_layers"  # copy_layers | from_config | pretrained
+    layers: list[int] | None = None  # copy_layers: teacher layers to copy (default: num_layers evenly spaced)
+    num_layers: int = 2  # copy_layers: how many layers when `layers` is not given
+    config_overrides: dict[str, Any] = field(default_factory=dict)  # from_config: e.g. {num_hidden_layers: 4}
+    name_or_path: str = ""  # pretrained: hub id or local folder of the student
+
+    def check(self, key: str) -> None:
+        _one_of(f"{key}.init", self.init, STUDENT_INITS)
+        _positive(f"{key}.num_layers", self.num_layers)
+        if self.layers is not None:
+            if not self.layers:
+                raise DistillError(f"{key}.layers: must name at least one teacher layer")
+            if len(set(self.layers)) != len(self.layers):
+                raise DistillError(f"{key}.layers: {self.layers} names a layer twice")
+            if any(i < 0 for i in self.layers):
+                raise DistillError(f"{key}.layers: layer indices start at 0, got {self.layers}")
+        if self.init == "pretrained" and not self.name_or_path:
+            raise DistillError(f"{key}.name_or_path: required when {key}.init is 'pretrained'")
+        if self.init == "from_config" and not self.config_overrides:
+            raise DistillError(
+                f"{key}.config_overrides: give at least one override (e.g. num_hidden_layers) "
+                f"when {key}.init is 'from_config'"
+            )
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and how they are split and tokenized."""
+
+    dataset: str = ""  # hub dataset name (e.g. nyu-mll/glue); leave empty to use `files`
+    dataset_config: str = ""  # hub dataset configuration (e.g. sst2)
+    files: dict[str, str] = field(default_factory=dict)  # split -> csv / json / jsonl / parquet file
+    encoding: str = "utf-8"  # text encoding of csv files
+    text_column: str = "text"  # column with the input text
+    text_pair_column: str = ""  # optional second text column (sentence pairs)
+    label_column: str = "label"  # column with the label (string names or integer ids)
+    label_names: list[str] | None = None  # label order (id i is label_names[i]); default: as the data says
+    train_split: str = "train"  # split used for training
+    validation_split: str = "validation"  # split used for evaluation during training (carved from train if absent)
+    test_split: str = "test"  # held-out split for the final report (carved from train if absent; "" for none)
+    validation_size: float = 0.1  # carved validation split: a fraction (<1) or a number of examples (>=1)
+    test_size: float = 0.1  # carved test split: a fraction (<1) or a number of examples (>=1)
+    dedupe: bool = False  # drop repeated texts (case, spacing, URLs and retweet prefixes ignored) before splitting
+    max_length: int = 128  # tokens per example; longer inputs are truncated
+    max_train_examples: int = 0  # use at most this many training examples (0: all)
+    max_eval_examples: int = 0  # use at most this many validation and test examples (0: all)
+    seed: int = 1234  # seed of the carved splits and of the subsampling
+
+    def check(self, key: str) -> None:
+        if not self.dataset and not self.files:
+            raise DistillError(f"{key}: give either {key}.dataset (a hub name) or {key}.files (local files)")
+        if self.dataset and self.files:
+            raise DistillError(f"{key}: give {key}.dataset or {key}.files, not both")
+        if not self.text_column:
+            raise DistillError(f"{key}.text_column: required")
+        if not self.label_column:
+            raise DistillError(f"{key}.label_column: required")
+        if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
+            raise DistillError(f"{key}.label_names: names must be distinct, got {self.label_names}")
+        for name in ("validation_size", "test_size"):
+            value = getattr(self, name)
+            if value < 0 or (1 <= value and value != int(value)):
+                raise DistillError(
+                    f"{key}.{name}: must be a fraction in [0, 1) or a whole number of examples, got {value}"
+                )
+        _positive(f"{key}.max_length", self.max_length)
+        _non_negative(f"{key}.max_train_examples", self.max_train_examples)
+        _non_negative(f"{key}.max_eval_examples", self.max_eval_examples)
+
+
+@dataclass
+class LossConfig:
+    """What the student is trained to match.
+
+    total = alpha * soft + (1 - alpha) * hard + hidden_weight * hidden, each a sum over items divided
+    once by the global number of items in the optimizer step.
+    """
+
+    soft: str = "kl"  # soft-label loss: kl (forward, teacher||student) | reverse_kl | jsd
+    temperature: float = 2.0  # softmax temperature of the soft loss; the loss is scaled by T^2
+    alpha: float = 0.5  # weight of the soft loss; the hard-label cross-entropy gets 1 - alpha
+    jsd_beta: float = 0.5  # beta of the generalised JSD (0: forward KL, 1: reverse KL)
+    hidden: str = ""  # hidden-state loss: "" (none) | mse | cosine
+    hidden_weight: float = 0.0  # weight of the hidden-state loss
+    layer_map: dict[int, int] | None = None  # student layer -> teacher layer (default: the copied layers)
+
+    def check(self, key: str) -> None:
+        _one_of(f"{key}.soft", self.soft, SOFT_LOSSES)
+        _positive(f"{key}.temperature", self.temperature)
+        _in_range(f"{key}.alpha", self.alpha, 0.0, 1.0)
+        _in_range(f"{key}.jsd_beta", self.jsd_beta, 0.0, 1.0)
+        if self.hidden:
+            _one_of(f"{key}.hidden", self.hidden, HIDDEN_LOSSES)
+        _non_negative(f"{key}.hidden_weight", self.hidden_weight)
+        if self.hidden_weight > 0 and not self.hidden:
+            raise DistillError(f"{key}.hidden: choose mse or cosine when {key}.hidden_weight > 0")
+        if self.layer_map is not None and any(i < 0 for pair in self.layer_map.items() for i in pair):
+            raise DistillError(f"{key}.layer_map: layer indices start at 0, got {self.layer_map}")
+
+
+@dataclass
+class TrainConfig:
+    """The distillation budget and the loop's settings."""
+
+    steps: int = 500  # optimizer steps
+    batch_size: int = 32  # examples per process per micro-batch
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 1e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_ratio: float = 0.1  # fraction of steps with linear warm-up
+    lr_scheduler: str = "linear"  # decay after warm-up: linear | cosine | constant
+    max_grad_norm: float = 1.0  # gradient clipping (0: off)
+    mixed_precision: str = "no"  # no | bf16 | fp16 (fp16 needs a GPU)
+    seed: int = 42  # seed of initialisation, shuffling and dropout
+    eval_every: int = 0  # evaluate on the validation split every N steps (0: only at the end)
+    checkpoint_every: int = 0  # save a resumable checkpoint every N steps (0: none)
+    keep_checkpoints: int = 2  # how many recent checkpoints to keep
+    log_every: int = 10  # log losses to TensorBoard every N steps
+
+    def check(self, key: str) -> None:
+        _positive(f"{key}.steps", self.steps)
+        _positive(f"{key}.batch_size", self.batch_size)
+        _positive(f"{key}.gradient_accumulation_steps", self.gradient_accumulation_steps)
+        _positive(f"{key}.learning_rate", self.learning_rate)
+        _non_negative(f"{key}.weight_decay", self.weight_decay)
+        _in_range(f"{key}.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        _one_of(f"{key}.lr_scheduler", self.lr_scheduler, SCHEDULERS)
+        _non_negative(f"{key}.max_grad_norm", self.max_grad_norm)
+        _one_of(f"{key}.mixed_precision", self.mixed_precision, PRECISIONS)
+        _non_negative(f"{key}.eval_every", self.eval_every)
+        _non_negative(f"{key}.checkpoint_every", self.checkpoint_every)
+        _positive(f"{key}.keep_checkpoints", self.keep_checkpoints)
+        _positive(f"{key}.log_every", self.log_every)
+
+
+@dataclass
+class EvalConfig:
+    """The final comparison of teacher and student on the held-out test split."""
+
+    batch_size: int = 64  # examples per batch when computing metrics
+    latency: bool = True  # measure CPU latency of teacher and student
+    latency_batch_size: int = 1  # examples per call when measuring latency
+    latency_examples: int = 64  # test examples timed per model and repeat
+    latency_repeats: int = 5  # repeats; the median is reported
+    latency_threads: int = 0  # torch threads while timing (0: torch's default)
+
+    def check(self, key: str) -> None:
+        _positive(f"{key}.batch_size", self.batch_size)
+        _positive(f"{key}.latency_batch_size", self.latency_batch_size)
+        _positive(f"{key}.latency_examples", self.latency_examples)
+        _positive(f"{key}.latency_repeats", self.latency_repeats)
+        _non_negative(f"{key}.latency_threads", self.latency_threads)
+
+
+@dataclass
+class OutputConfig:
+    """Where everything is written."""
+
+    dir: str = ""  # output folder: config.yaml, teacher/, student/, checkpoints, logs, results.json
+    overwrite: bool = False  # start the distillation stage afresh, replacing a finished student
+
+    def check(self, key: str) -> None:
+        if not self.dir:
+            raise DistillError(f"{key}.dir: required (the output folder)")
+
+
+@dataclass
+class RecipeConfig:
+    """A whole recipe: teacher, student, data, losses, budget, evaluation and output."""
+
+    description: str = ""  # one line, shown by `distill recipes`
+    task: str = "classification"  # task family: classification
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def check(self) -> None:
+        _one_of("task", self.task, TASKS)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.check(f.name)
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
+    """Read a recipe YAML file, apply ``key.sub=value`` overrides and check every value."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"recipe not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise DistillError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise DistillError(f"{path}: a recipe is a mapping of keys to values")
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return from_dict(raw)
+
+
+def from_dict(raw: dict[str, Any]) -> RecipeConfig:
+    """Build and check a :class:`RecipeConfig` from plain data (unknown keys are errors)."""
+    cfg = _build(RecipeConfig, raw, prefix="")
+    cfg.check()
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"loss.alpha=0.7"`` -> ``("loss.alpha", 0.7)``; the value is read as YAML."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise DistillError(f"override '{item}': expected key=value, e.g. train.steps=100")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: RecipeConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise DistillError(f"override '{key}': '{'.'.join(parts[: i + 1])}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "recipe"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise DistillError(f"{where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            raise DistillError(_unknown_key_message(full, key, fields, prefix))
+        kwargs[key] = _coerce(hints[key], value, full)
+    return cls(**kwargs)
+
+
+def _unknown_key_message(full: str, key: str, fields: dict[str, Any], prefix: str) -> str:
+    close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+    valid = ", ".join(fields)
+    return f"unknown key '{full}'{hint}; valid keys here: {valid}"
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, prefix=f"{key}.")
+    if origin in (Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(non_none[0], value, key)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise DistillError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise DistillError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise DistillError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise DistillError(f"{key}: expected a string, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise DistillError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise DistillError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(args[0], k, f"{key} key"): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise DistillError(f"{key}: must be > 0, got {value}")
+
+
+def _non_negative(key: str, value: float) -> None:
+    if value < 0:
+        raise DistillError(f"{key}: must be >= 0, got {value}")
+
+
+def _in_range(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise DistillError(f"{key}: must be in [{low:g}, {high:g}], got {value}")
+
+
+def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise DistillError(f"{key}: must be one of {', '.join(choices)}; got '{value}'{hint}")
+
+
+def check_against_teacher(cfg: RecipeConfig, num_teacher_layers: int, num_student_layers: int) -> None:
+    """Checks that need the teacher's (and student's) depth: layer indices must exist."""
+    if cfg.student.init == "copy_layers":
+        layers = cfg.student.layers
+        if layers is not None:
+            bad = [i for i in layers if i >= num_teacher_layers]
+            if bad:
+                raise DistillError(
+                    f"student.layers: layer {bad[0]} does not exist; the teacher has {num_teacher_layers} "
+                    f"layers (0-{num_teacher_layers - 1})"
+                )
+        elif cfg.student.num_layers > num_teacher_layers:
+            raise DistillError(
+                f"student.num_layers: {cfg.student.num_layers} is more than the teacher's {num_teacher_layers} layers"
+            )
+    if cfg.loss.layer_map:
+        for s, t in cfg.loss.layer_map.items():
+            if t >= num_teacher_layers:
+                raise DistillError(
+                    f"loss.layer_map: teacher layer {t} does not exist; the teacher has {num_teacher_layers} "
+                    f"layers (0-{num_teacher_layers - 1})"
+                )
+            if s >= num_student_layers:
+                raise DistillError(
+                    f"loss.layer_map: student layer {s} does not exist; the student has {num_student_layers} "
+                    f"layers (0-{num_student_layers - 1})"
+                )

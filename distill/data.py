@@ -1,0 +1,167 @@
+"""Raw data: load from the hub or local files, dedupe, carve the missing splits, subsample.
+
+Task modules turn these raw splits into model inputs (labels, tokenization, collation).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+from distill.config import DataConfig
+from distill.errors import DistillError
+from distill.modeling import resolve_path
+
+log = logging.getLogger(__name__)
+
+FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def load_raw(cfg: DataConfig) -> DatasetDict:
+    """The ``train``, ``validation`` and ``test`` splits (test may be absent), checked and deduped."""
+    loaded = _load(cfg)
+    if cfg.train_split not in loaded:
+        raise DistillError(f"data.train_split: no split '{cfg.train_split}' in the data (splits: {', '.join(loaded)})")
+    columns = [cfg.text_column, cfg.label_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+    for name, split in loaded.items():
+        for key, column in zip(("text_column", "label_column", "text_pair_column"), columns, strict=False):
+            if column not in split.column_names:
+                raise DistillError(
+                    f"data.{key}: no column '{column}' in split '{name}' (columns: {', '.join(split.column_names)})"
+                )
+    keep = {cfg.train_split, cfg.validation_split, cfg.test_split} - {""}
+    splits = {name: _drop_incomplete(split, columns, name) for name, split in loaded.items() if name in keep}
+
+    train = splits[cfg.train_split]
+    held_out = {role: splits[name] for role, name in (("test", cfg.test_split), ("validation", cfg.validation_split)) if name in splits}
+    if cfg.dedupe:
+        train = _dedupe(train, cfg.text_column, cfg.label_column, "train")
+        held_out = {role: _dedupe(ds, cfg.text_column, cfg.label_column, role) for role, ds in held_out.items()}
+        train = _drop_overlap(train, cfg.text_column, held_out)
+    # Carve what is missing from train, seeded: test first, then validation from the rest.
+    for role, name, size in (("test", cfg.test_split, cfg.test_size), ("validation", cfg.validation_split, cfg.validation_size)):
+        if role in held_out or not name:
+            continue
+        if size == 0:
+            if role == "validation":
+                raise DistillError("data.validation_size: the data has no validation split, so it must be > 0")
+            continue
+        train, held_out[role] = _carve(train, size, cfg.seed, role)
+        log.info("carved a %s split of %d examples from '%s'", role, len(held_out[role]), cfg.train_split)
+
+    out = DatasetDict(train=_subsample(train, cfg.max_train_examples, cfg.seed))
+    for role in ("validation", "test"):
+        if role in held_out:
+            out[role] = _subsample(held_out[role], cfg.max_eval_examples, cfg.seed)
+    for role, split in out.items():
+        if len(split) == 0:
+            raise DistillError(f"data: the {role} split is empty")
+    return out
+
+
+def _load(cfg: DataConfig) -> DatasetDict:
+    if cfg.dataset:
+        try:
+            loaded = datasets.load_dataset(cfg.dataset, cfg.dataset_config or None)
+        except Exception as e:  # datasets raises many unrelated types for a missing or unreachable dataset
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DistillError(f"cannot load dataset '{cfg.dataset}': {reason[:300]}") from None
+        if not isinstance(loaded, DatasetDict):
+            raise DistillError(f"dataset '{cfg.dataset}' did not load as named splits")
+        return loaded
+    files: dict[str, str] = {}
+    formats = set()
+    for split, name in cfg.files.items():
+        path = Path(resolve_path(name))
+        if not path.is_file():
+            raise DistillError(f"data.files.{split}: file not found: {name}")
+        suffix = path.suffix.lower()
+        if suffix not in FORMATS:
+            raise DistillError(f"data.files.{split}: unsupported file type '{suffix}' (use {', '.join(FORMATS)})")
+        formats.add(FORMATS[suffix])
+        files[split] = str(path)
+    if len(formats) != 1:
+        raise DistillError(f"data.files: all files must have one format, got {', '.join(sorted(formats))}")
+    fmt = formats.pop()
+    kwargs = {"encoding": cfg.encoding} if fmt == "csv" else {}
+    try:
+        return datasets.load_dataset(fmt, data_files=files, **kwargs)
+    except Exception as e:  # parse errors surface as several pyarrow / pandas / datasets types
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DistillError(f"data.files: cannot read {fmt} data: {reason[:300]}") from None
+
+
+def _drop_incomplete(ds: Dataset, columns: list[str], name: str) -> Dataset:
+    def complete(row: dict) -> bool:
+        return all(row[c] is not None and (not isinstance(row[c], str) or row[c].strip()) for c in columns)
+
+    kept = ds.filter(complete, desc=f"checking {name}")
+    if len(kept) < len(ds):
+        log.warning("split '%s': dropped %d rows with an empty text or label", name, len(ds) - len(kept))
+    return kept
+
+
+_RETWEET = re.compile(r"^(rt\s+@\w+:?\s*)+")
+_URL = re.compile(r"https?://\S+")
+
+
+def normalise_text(text: str) -> str:
+    """The key used to find repeated texts: lower case, URLs and leading retweet markers removed, spaces collapsed."""
+    text = _URL.sub(" ", text.lower())
+    return " ".join(_RETWEET.sub("", text.strip()).split())
+
+
+def _dedupe(ds: Dataset, column: str, label_column: str, name: str) -> Dataset:
+    first: dict[str, int] = {}
+    conflicting: set[str] = set()
+    keys = [normalise_text(t) for t in ds[column]]
+    # Repeats whose labels disagree are dropped altogether: neither label is trustworthy.
+    values = ds[label_column]
+    for i, key in enumerate(keys):
+        if key in first:
+            if values[first[key]] != values[i]:
+                conflicting.add(key)
+        else:
+            first[key] = i
+    keep = [i for key, i in first.items() if key not in conflicting]
+    keep.sort()
+    if len(keep) < len(ds):
+        log.info(
+            "split '%s': kept %d of %d rows after dropping repeated texts (%d texts had conflicting labels and were dropped)",
+            name,
+            len(keep),
+            len(ds),
+            len(conflicting),
+        )
+    return ds.select(keep)
+
+
+def _drop_overlap(train: Dataset, column: str, held_out: dict[str, Dataset]) -> Dataset:
+    seen = {normalise_text(t) for ds in held_out.values() for t in ds[column]}
+    if not seen:
+        return train
+    keep = [i for i, t in enumerate(train[column]) if normalise_text(t) not in seen]
+    if len(keep) < len(train):
+        log.info("dropped %d training rows whose text is also in a held-out split", len(train) - len(keep))
+        return train.select(keep)
+    return train
+
+
+def _carve(train: Dataset, size: float, seed: int, role: str) -> tuple[Dataset, Dataset]:
+    n = int(size) if size >= 1 else max(1, round(size * len(train)))
+    if n >= len(train):
+        raise DistillError(
+            f"data.{role}_size: cannot carve {n} {role} examples from a training split of {len(train)}"
+        )
+    parts = train.train_test_split(test_size=n, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]
+
+
+def _subsample(ds: Dataset, limit: int, seed: int) -> Dataset:
+    if not limit or len(ds) <= limit:
+        return ds
+    return ds.shuffle(seed=seed).select(range(limit))

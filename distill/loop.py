@@ -1,0 +1,293 @@
+"""The one training loop: distillation, teacher fine-tuning and no-teacher baselines all run here.
+
+Shape (accelerate's ``nlp_example.py``): one ``accelerator.prepare(...)``, explicit ``for`` loops,
+and a separately testable :class:`LossStep`. The teacher is frozen, runs under ``inference_mode``,
+is never prepared (so never wrapped for DDP), never handed to the optimizer and never saved in a
+checkpoint.
+
+Normalisation: losses are sums over items. Before each optimizer step the loop counts the real
+items in all its micro-batches on all processes, and divides once by that global count (times the
+number of processes, because DDP averages gradients). One process with a batch of 8, or 2
+processes x 2 micro-batches of 2, give the same gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from distill.config import LossConfig, TrainConfig
+from distill.errors import DistillError
+from distill.losses import HIDDEN_LOSSES, SOFT_LOSSES, hard_ce, kd_mix
+from distill.modeling import HiddenProjection
+
+log = logging.getLogger(__name__)
+
+SCHEDULER_NAMES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+CHECKPOINT_PREFIX = "step_"
+
+
+class LossStep:
+    """One micro-batch's loss terms, each a sum over items, plus the item count.
+
+    With ``teacher=None`` (teacher fine-tuning, no-KD baselines) only the hard-label loss is used.
+    Returns ``{"loss", "hard", "soft", "hidden", "items"}``; "soft"/"hidden" are 0 when unused.
+    """
+
+    def __init__(
+        self,
+        task: ModuleType,
+        loss: LossConfig | None = None,
+        teacher: nn.Module | None = None,
+        projection: HiddenProjection | None = None,
+    ):
+        self.task = task
+        self.loss = loss
+        self.teacher = teacher
+        self.projection = projection
+        self.use_soft = teacher is not None and loss is not None and loss.alpha > 0
+        self.use_hidden = teacher is not None and loss is not None and loss.hidden_weight > 0
+        if self.use_hidden and projection is None:
+            raise ValueError("a hidden-state loss needs a HiddenProjection")
+
+    def __call__(self, student: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        labels = batch["labels"]
+        inputs = self.task.model_inputs(batch)
+        student_out = student(**inputs, output_hidden_states=self.use_hidden)
+        mask = labels != -100  # (batch,) for classification, (batch, target_len) for seq2seq
+        hard = hard_ce(student_out.logits, labels)
+        zero = hard.new_zeros(())
+        out = {"hard": hard, "soft": zero, "hidden": zero, "items": mask.sum()}
+        if not (self.use_soft or self.use_hidden):
+            out["loss"] = hard
+            return out
+        assert self.teacher is not None and self.loss is not None
+        with torch.inference_mode():
+            teacher_out = self.teacher(**inputs, output_hidden_states=self.use_hidden)
+        alpha = self.loss.alpha
+        if self.use_soft:
+            # clone(): inference tensors cannot be saved for backward; a copy made outside can.
+            teacher_logits = teacher_out.logits.clone()
+            kwargs = {"beta": self.loss.jsd_beta} if self.loss.soft == "jsd" else {}
+            out["soft"] = SOFT_LOSSES[self.loss.soft](
+                student_out.logits, teacher_logits, temperature=self.loss.temperature, mask=mask, **kwargs
+            )
+        total = kd_mix(out["soft"], hard, alpha=alpha)
+        if self.use_hidden:
+            assert self.projection is not None
+            token_mask = inputs.get("attention_mask")
+            hidden_fn = HIDDEN_LOSSES[self.loss.hidden]
+            terms = []
+            for s_layer, t_layer in self.projection.layer_map.items():
+                # hidden_states[0] is the embedding output; layer i's output is hidden_states[i + 1].
+                s_hidden = self.projection(s_layer, student_out.hidden_states[s_layer + 1])
+                t_hidden = teacher_out.hidden_states[t_layer + 1].clone()
+                terms.append(hidden_fn(s_hidden, t_hidden, mask=token_mask))
+            out["hidden"] = torch.stack(terms).mean()
+            total = total + self.loss.hidden_weight * out["hidden"]
+        out["loss"] = total
+        return out
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    metrics: dict[str, float]  # validation metrics after the last step
+    history: list[dict[str, Any]] = field(default_factory=list)  # logged losses and evaluations
+
+
+def evaluate(accelerator: Accelerator, model: nn.Module, dataloader: DataLoader, task: ModuleType) -> dict[str, float]:
+    """Task metrics of ``model`` over a prepared dataloader, gathered from every process."""
+    was_training = model.training
+    model.eval()
+    predictions, references = [], []
+    for batch in dataloader:
+        with torch.no_grad(), accelerator.autocast():
+            logits = model(**task.model_inputs(batch)).logits
+        preds, refs = accelerator.gather_for_metrics((task.predict(logits), batch["labels"]))
+        predictions.append(preds.cpu())
+        references.append(refs.cpu())
+    model.train(was_training)
+    return task.compute_metrics(torch.cat(predictions).numpy(), torch.cat(references).numpy())
+
+
+def make_dataloader(dataset: Dataset, batch_size: int, collate: Callable, *, shuffle: bool, seed: int) -> DataLoader:
+    # An own generator keeps DataLoader start-up from drawing on the global RNG, so that resuming
+    # mid-epoch leaves dropout's random stream exactly where the uninterrupted run had it.
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=shuffle,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def latest_checkpoint(stage_dir: Path) -> Path | None:
+    found = sorted(
+        (p for p in (stage_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*") if p.name[len(CHECKPOINT_PREFIX) :].isdigit()),
+        key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]),
+    )
+    return found[-1] if found else None
+
+
+def train(
+    accelerator: Accelerator,
+    *,
+    name: str,
+    cfg: TrainConfig,
+    student: nn.Module,
+    loss_step: LossStep,
+    train_dataset: Dataset,
+    eval_dataset: Dataset,
+    collate: Callable,
+    task: ModuleType,
+    stage_dir: Path,
+    eval_batch_size: int,
+    resume: bool,
+) -> tuple[nn.Module, TrainResult]:
+    """Train ``student`` for ``cfg.steps`` optimizer steps; returns the prepared model and the result.
+
+    Checkpoints go to ``stage_dir/checkpoints/step_N`` (``save_state``: model, optimizer,
+    scheduler, RNG states); with ``resume`` the latest one is loaded and training continues
+    exactly where it stopped.
+    """
+    accum = cfg.gradient_accumulation_steps
+    global_batch = cfg.batch_size * accelerator.num_processes
+    if len(train_dataset) < global_batch:
+        raise DistillError(
+            f"{name}: the training split has {len(train_dataset)} examples, fewer than one global batch "
+            f"({cfg.batch_size} x {accelerator.num_processes} processes)"
+        )
+    train_dl = make_dataloader(train_dataset, cfg.batch_size, collate, shuffle=True, seed=cfg.seed)
+    eval_dl = make_dataloader(eval_dataset, eval_batch_size, collate, shuffle=False, seed=cfg.seed)
+    modules = [student] + ([loss_step.projection] if loss_step.projection is not None else [])
+    optimizer = torch.optim.AdamW(_param_groups(modules, cfg.weight_decay), lr=cfg.learning_rate)
+    # The scheduler is stepped by hand once per optimizer step (a prepared one steps once per
+    # process); its state is saved beside each checkpoint.
+    scheduler = get_scheduler(
+        SCHEDULER_NAMES[cfg.lr_scheduler],
+        optimizer,
+        num_warmup_steps=round(cfg.warmup_ratio * cfg.steps),
+        num_training_steps=cfg.steps,
+    )
+    prepared = accelerator.prepare(*modules, optimizer, train_dl, eval_dl)
+    student, projection = prepared[0], (prepared[1] if len(modules) > 1 else None)
+    optimizer, train_dl, eval_dl = prepared[len(modules) :]
+    loss_step.projection = accelerator.unwrap_model(projection) if projection is not None else None
+
+    start_step, history = 0, []
+    checkpoint = latest_checkpoint(stage_dir) if resume else None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        start_step, history = state["step"], state["history"]
+        accelerator.print(f"{name}: resuming from {checkpoint} (step {start_step} of {cfg.steps})")
+
+    batches = _batches(accelerator, train_dl, start_step * accum)
+    student.train()
+    progress = tqdm(
+        total=cfg.steps, initial=start_step, desc=name, disable=not accelerator.is_local_main_process, dynamic_ncols=True
+    )
+    running = {"loss": 0.0, "hard": 0.0, "soft": 0.0, "hidden": 0.0, "items": 0.0}
+    metrics: dict[str, float] = {}
+    for step in range(start_step + 1, cfg.steps + 1):
+        micro = [next(batches) for _ in range(accum)]
+        local_items = sum(int((b["labels"] != -100).sum()) for b in micro)
+        global_items = accelerator.reduce(torch.tensor(local_items, device=accelerator.device), "sum").item()
+        scale = accelerator.num_processes / max(global_items, 1)
+        for i, batch in enumerate(micro):
+            sync = i == accum - 1
+            # Gradients are all-reduced once per optimizer step, on its last micro-batch.
+            ctx = contextlib.nullcontext() if sync else accelerator.no_sync(student)
+            with ctx, accelerator.autocast():
+                terms = loss_step(student, batch)
+                accelerator.backward(terms["loss"] * scale)
+            for k in running:
+                running[k] += float(terms[k].detach())
+        if cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_([p for m in modules for p in m.parameters()], cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.update(1)
+
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            totals = accelerator.reduce(torch.tensor(list(running.values()), device=accelerator.device), "sum").tolist()
+            items = max(totals[-1], 1.0)
+            entry = {"step": step, "lr": scheduler.get_last_lr()[0]}
+            entry.update({f"train/{k}": v / items for k, v in zip(running, totals[:-1], strict=False)})
+            accelerator.log({f"{name}/{k}": v for k, v in entry.items() if k != "step"}, step=step)
+            history.append(entry)
+            progress.set_postfix(loss=f"{entry['train/loss']:.4f}")
+            running = dict.fromkeys(running, 0.0)
+        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+            metrics = evaluate(accelerator, student, eval_dl, task)
+            accelerator.log({f"{name}/validation/{k}": v for k, v in metrics.items()}, step=step)
+            history.append({"step": step, **{f"validation/{k}": v for k, v in metrics.items()}})
+            progress.write(f"{name} step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            _save_checkpoint(accelerator, stage_dir, step, history, scheduler, cfg.keep_checkpoints)
+    progress.close()
+    return student, TrainResult(steps=cfg.steps, metrics=metrics, history=history)
+
+
+def _batches(accelerator: Accelerator, dataloader: DataLoader, skip: int) -> Iterator[dict[str, Tensor]]:
+    """Endless micro-batches, epoch after epoch, starting after the first ``skip`` ones.
+
+    Each epoch's order depends only on (seed, epoch), so a resumed run sees the same batches.
+    """
+    per_epoch = len(dataloader)
+    epoch, offset = divmod(skip, per_epoch)
+    while True:
+        dataloader.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(dataloader, offset) if offset else dataloader
+        yield from loader
+        epoch, offset = epoch + 1, 0
+
+
+def _save_checkpoint(
+    accelerator: Accelerator, stage_dir: Path, step: int, history: list, scheduler: Any, keep: int
+) -> None:
+    root = stage_dir / "checkpoints"
+    final = root / f"{CHECKPOINT_PREFIX}{step}"
+    partial = root / f".partial_{CHECKPOINT_PREFIX}{step}"
+    accelerator.save_state(str(partial))
+    if accelerator.is_main_process:
+        (partial / "trainer_state.json").write_text(json.dumps({"step": step, "history": history}))
+        torch.save(scheduler.state_dict(), partial / "scheduler.pt")
+        # A checkpoint appears under its final name only once complete.
+        partial.rename(final)
+        old = sorted(
+            (p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.name[len(CHECKPOINT_PREFIX) :].isdigit()),
+            key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]),
+        )
+        for path in old[:-keep]:
+            shutil.rmtree(path)
+    accelerator.wait_for_everyone()
+
+
+def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for module in modules:
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -1,0 +1,124 @@
+"""Distillation losses: pure functions of tensors.
+
+Conventions shared by every function here:
+
+- ``*_logits`` have shape ``(..., classes)``; every position in ``...`` is one *item* (an example
+  for classification, a target token for translation).
+- ``mask`` (shape ``(...)``, bool) marks real items; masked items contribute exactly 0.
+- Inputs are upcast to float32 inside, whatever dtype the models ran in.
+- Each function returns the **sum over items**, never a mean. The training loop divides once by
+  the global number of items in the optimizer step, so gradient accumulation and several
+  processes give the same gradient as one big batch.
+- Soft-label losses compare distributions softened by a temperature T and are multiplied by T²,
+  which keeps their gradient scale independent of T (Hinton et al., 2015).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _masked_sum(per_item: Tensor, mask: Tensor | None) -> Tensor:
+    if mask is None:
+        return per_item.sum()
+    # where() rather than multiplication: a fully masked input gives 0 with finite gradients.
+    return torch.where(mask, per_item, torch.zeros_like(per_item)).sum()
+
+
+def _log_probs(logits: Tensor, temperature: float) -> Tensor:
+    return F.log_softmax(logits.float() / temperature, dim=-1)
+
+
+def soft_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float, mask: Tensor | None = None) -> Tensor:
+    """Forward KL, ``T² · Σ_items KL(p_T ‖ q_T)``.
+
+    ``p_T = softmax(teacher_logits / T)``, ``q_T = softmax(student_logits / T)``. Computed in log
+    space on both sides (no ``log(0)``). Zero when the two sets of logits are equal.
+    """
+    s = _log_probs(student_logits, temperature)
+    t = _log_probs(teacher_logits, temperature)
+    per_item = (t.exp() * (t - s)).sum(-1)
+    return temperature**2 * _masked_sum(per_item, mask)
+
+
+def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float, mask: Tensor | None = None) -> Tensor:
+    """Reverse KL, ``T² · Σ_items KL(q_T ‖ p_T)`` (mode-seeking: the student's mass stays where the teacher's is)."""
+    s = _log_probs(student_logits, temperature)
+    t = _log_probs(teacher_logits, temperature)
+    per_item = (s.exp() * (s - t)).sum(-1)
+    return temperature**2 * _masked_sum(per_item, mask)
+
+
+def jsd(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float,
+    beta: float = 0.5,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Generalised Jensen-Shannon divergence, ``T² · Σ_items JSD_β(p_T ‖ q_T)``.
+
+    ``JSD_β = β · KL(p ‖ m) + (1 − β) · KL(q ‖ m)`` with ``m = β·p + (1 − β)·q``, p the teacher and q
+    the student (Agarwal et al., 2024; TRL's ``generalized_jsd_loss``). As β → 0, ``JSD_β / β``
+    tends to the forward ``KL(p ‖ q)``; as β → 1, ``JSD_β / (1 − β)`` tends to the reverse
+    ``KL(q ‖ p)``. β = 0 and β = 1 are defined as those limits, i.e. :func:`soft_kl` and
+    :func:`reverse_kl`. β = 0.5 is the symmetric JSD, bounded by ``T² · log 2`` per item.
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if beta == 0.0:
+        return soft_kl(student_logits, teacher_logits, temperature=temperature, mask=mask)
+    if beta == 1.0:
+        return reverse_kl(student_logits, teacher_logits, temperature=temperature, mask=mask)
+    s = _log_probs(student_logits, temperature)
+    t = _log_probs(teacher_logits, temperature)
+    m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1.0 - beta)]), dim=0)
+    kl_t = (t.exp() * (t - m)).sum(-1)
+    kl_s = (s.exp() * (s - m)).sum(-1)
+    per_item = beta * kl_t + (1.0 - beta) * kl_s
+    return temperature**2 * _masked_sum(per_item, mask)
+
+
+def hard_ce(student_logits: Tensor, labels: Tensor, *, ignore_index: int = -100) -> Tensor:
+    """Cross-entropy with the hard labels, summed over items whose label is not ``ignore_index``."""
+    logits = student_logits.float().reshape(-1, student_logits.shape[-1])
+    return F.cross_entropy(logits, labels.reshape(-1), ignore_index=ignore_index, reduction="sum")
+
+
+def kd_mix(soft: Tensor, hard: Tensor, *, alpha: float) -> Tensor:
+    """``alpha · soft + (1 − alpha) · hard``: the classic distillation objective."""
+    return alpha * soft + (1.0 - alpha) * hard
+
+
+def hidden_mse(student_hidden: Tensor, teacher_hidden: Tensor, *, mask: Tensor | None = None) -> Tensor:
+    """Hidden-state mean squared error, summed over items.
+
+    ``student_hidden`` and ``teacher_hidden`` are ``(batch, seq, width)`` (project the student
+    first when widths differ); ``mask`` is ``(batch, seq)``. Per item (a sequence), the loss is the
+    squared error averaged over its real tokens and the width; padding is ignored.
+    """
+    per_token = (student_hidden.float() - teacher_hidden.float()).pow(2).mean(-1)  # (batch, seq)
+    return _per_sequence_mean(per_token, mask).sum()
+
+
+def hidden_cosine(student_hidden: Tensor, teacher_hidden: Tensor, *, mask: Tensor | None = None) -> Tensor:
+    """Hidden-state cosine distance ``1 − cos(h_s, h_t)``, averaged over real tokens, summed over items."""
+    per_token = 1.0 - F.cosine_similarity(student_hidden.float(), teacher_hidden.float(), dim=-1, eps=1e-8)
+    return _per_sequence_mean(per_token, mask).sum()
+
+
+def _per_sequence_mean(per_token: Tensor, mask: Tensor | None) -> Tensor:
+    if mask is None:
+        return per_token.mean(-1)
+    mask = mask.bool()
+    total = torch.where(mask, per_token, torch.zeros_like(per_token)).sum(-1)
+    return total / mask.sum(-1).clamp(min=1)
+
+
+SOFT_LOSSES = {"kl": soft_kl, "reverse_kl": reverse_kl, "jsd": jsd}
+HIDDEN_LOSSES = {"mse": hidden_mse, "cosine": hidden_cosine}

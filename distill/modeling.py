@@ -1,0 +1,204 @@
+"""Loading the teacher, building the student, and checking that they share a tokenizer.
+
+Task-specific choices (which ``AutoModelFor...`` class) come from the task module; everything
+here works on any Transformer whose blocks sit in one ``nn.ModuleList``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import importlib.util
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.config import StudentConfig
+from distill.errors import DistillError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_path(name_or_path: str) -> str:
+    """``pkg:PACKAGE/sub/folder`` -> the folder inside the installed package; anything else unchanged.
+
+    The package is located with ``importlib.util.find_spec``, without importing it.
+    """
+    if not name_or_path.startswith("pkg:"):
+        return name_or_path
+    package, _, sub = name_or_path[len("pkg:") :].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DistillError(
+            f"'{name_or_path}': package '{package}' is not installed (pip install {package.replace('_', '-')})"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / sub
+    if not path.exists():
+        raise DistillError(f"'{name_or_path}': {path} does not exist in the installed package")
+    return str(path)
+
+
+def load_pretrained(loader: Callable[..., Any], name_or_path: str, what: str, **kwargs: Any) -> Any:
+    """Call ``loader(path, **kwargs)`` (a ``from_pretrained``), turning load failures into one-line errors."""
+    path = resolve_path(name_or_path)
+    local = Path(path).exists()
+    try:
+        return loader(path, **kwargs)
+    except (OSError, ValueError, KeyError) as e:  # what transformers / huggingface_hub raise for bad ids
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not local and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False"):
+            reason = "not a local folder and not in the hub cache, and HF_HUB_OFFLINE is set, so nothing is downloaded"
+        elif not local:
+            reason = f"not a local folder, and the hub could not provide it ({reason[:200]})"
+        raise DistillError(f"cannot load {what} '{name_or_path}': {reason}") from None
+
+
+def num_layers(config: Any) -> int:
+    for attr in ("num_hidden_layers", "n_layers", "num_layers", "n_layer"):
+        if isinstance(getattr(config, attr, None), int):
+            return getattr(config, attr)
+    raise DistillError(f"cannot tell how many layers a '{config.model_type}' model has")
+
+
+def hidden_size(config: Any) -> int:
+    for attr in ("hidden_size", "dim", "d_model", "n_embd"):
+        if isinstance(getattr(config, attr, None), int):
+            return getattr(config, attr)
+    raise DistillError(f"cannot tell the hidden width of a '{config.model_type}' model")
+
+
+def find_layer_list(model: nn.Module, count: int) -> str:
+    """Name of the first ``nn.ModuleList`` with ``count`` entries: the model's stack of blocks."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return name
+    raise DistillError(f"cannot find the {count} Transformer layers of a {type(model).__name__}")
+
+
+def evenly_spaced(num_teacher: int, num_student: int) -> list[int]:
+    """DistilBERT-style choice of teacher layers: ``[i * n // k for i in range(k)]`` (6 of 12 -> 0, 2, ..., 10)."""
+    return [i * num_teacher // num_student for i in range(num_student)]
+
+
+def copy_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
+    """A student of the teacher's class with the chosen teacher layers, embeddings and head copied.
+
+    Student layer ``i`` is a copy of teacher layer ``layers[i]``; every other weight is copied as is.
+    """
+    n_teacher = num_layers(teacher.config)
+    prefix = find_layer_list(teacher, n_teacher)
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = len(layers)
+    student = type(teacher)(config)
+    pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.*)$")
+    teacher_state = teacher.state_dict()
+    state = {}
+    for key in student.state_dict():
+        match = pattern.match(key)
+        source = f"{prefix}.{layers[int(match.group(1))]}.{match.group(2)}" if match else key
+        state[key] = teacher_state[source].detach().clone()
+    student.load_state_dict(state, strict=True)
+    return student
+
+
+def build_student(
+    spec: StudentConfig,
+    teacher: nn.Module,
+    model_class: Any,
+    label_kwargs: dict[str, Any],
+) -> tuple[nn.Module, list[int] | None]:
+    """Build the student as the recipe says. Returns the student and the copied teacher layers (if any)."""
+    n_teacher = num_layers(teacher.config)
+    if spec.init == "copy_layers":
+        layers = spec.layers if spec.layers is not None else evenly_spaced(n_teacher, spec.num_layers)
+        return copy_layers(teacher, layers), layers
+    if spec.init == "from_config":
+        base = teacher.config.to_dict()
+        unknown = [k for k in spec.config_overrides if k not in base]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], list(base), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise DistillError(
+                f"student.config_overrides.{unknown[0]}: not a field of the teacher's {teacher.config.model_type} config{hint}"
+            )
+        config = type(teacher.config).from_dict({**base, **spec.config_overrides, **label_kwargs})
+        return model_class.from_config(config), None
+    student = load_pretrained(model_class.from_pretrained, spec.name_or_path, "student", **label_kwargs)
+    return student, None
+
+
+def freeze(model: nn.Module, dtype: str = "float32") -> nn.Module:
+    """The teacher's state during distillation: eval mode, no gradients, optionally a lower precision."""
+    model.eval()
+    model.requires_grad_(False)
+    return model.to(DTYPES[dtype])
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def default_layer_map(num_student: int, num_teacher: int, copied: list[int] | None) -> dict[int, int]:
+    """Which teacher layer each student layer imitates: the one it was copied from, else spread evenly
+    so that the last student layer matches the last teacher layer."""
+    if copied is not None:
+        return dict(enumerate(copied))
+    return {i: (i + 1) * num_teacher // num_student - 1 for i in range(num_student)}
+
+
+class HiddenProjection(nn.Module):
+    """Learned linear maps from student to teacher width, one per mapped layer (identity when equal).
+
+    Trained with the student and saved in checkpoints, but not part of the exported student.
+    """
+
+    def __init__(self, layer_map: dict[int, int], student_width: int, teacher_width: int):
+        super().__init__()
+        self.layer_map = dict(layer_map)
+        self.proj = nn.ModuleDict(
+            {
+                str(s): (nn.Linear(student_width, teacher_width) if student_width != teacher_width else nn.Identity())
+                for s in self.layer_map
+            }
+        )
+
+    def forward(self, student_layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        return self.proj[str(student_layer)](hidden)
+
+
+def check_same_tokenizer(teacher_tok: Any, student_tok: Any) -> None:
+    """Teacher and student must tokenize identically: same vocabulary and special tokens."""
+    t_vocab, s_vocab = teacher_tok.get_vocab(), student_tok.get_vocab()
+    if t_vocab != s_vocab:
+        only_t = sorted(set(t_vocab) - set(s_vocab))[:3]
+        only_s = sorted(set(s_vocab) - set(t_vocab))[:3]
+        moved = sorted(k for k in set(t_vocab) & set(s_vocab) if t_vocab[k] != s_vocab[k])[:3]
+        detail = f"vocabulary sizes {len(t_vocab)} vs {len(s_vocab)}"
+        if only_t:
+            detail += f"; only in the teacher's: {only_t}"
+        if only_s:
+            detail += f"; only in the student's: {only_s}"
+        if moved:
+            detail += f"; different ids for: {moved}"
+        raise DistillError(f"the student's tokenizer differs from the teacher's: {detail}")
+    t_special = _special_tokens(teacher_tok)
+    s_special = _special_tokens(student_tok)
+    if t_special != s_special:
+        diff = {k: (t_special.get(k), s_special.get(k)) for k in set(t_special) | set(s_special) if t_special.get(k) != s_special.get(k)}
+        name, (t, s) = sorted(diff.items())[0]
+        raise DistillError(
+            f"the student's tokenizer differs from the teacher's: special token {name} is {t} in the teacher's, {s} in the student's"
+        )
+
+
+def _special_tokens(tok: Any) -> dict[str, tuple[str, int] | None]:
+    out = {}
+    for name in ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"):
+        token = getattr(tok, name, None)
+        out[name] = None if token is None else (str(token), tok.convert_tokens_to_ids(str(token)))
+    return out

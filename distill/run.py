@@ -1,0 +1,373 @@
+"""A recipe from start to finish: check everything, fine-tune the teacher if asked, distil, report.
+
+Nothing is written before every check that can fail on the user's input has passed, so bad input
+never leaves a half-written output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from datasets import DatasetDict
+from transformers import AutoConfig, AutoTokenizer
+
+from distill import tasks
+from distill.config import RecipeConfig, TrainConfig, check_against_teacher, dump_yaml, to_dict
+from distill.data import load_raw
+from distill.errors import DistillError
+from distill.loop import LossStep, evaluate, latest_checkpoint, make_dataloader, train
+from distill.modeling import (
+    HiddenProjection,
+    build_student,
+    check_same_tokenizer,
+    count_parameters,
+    default_layer_map,
+    freeze,
+    hidden_size,
+    load_pretrained,
+    num_layers,
+)
+from distill.speed import measure_latency
+
+log = logging.getLogger(__name__)
+
+TEACHER_DIR = "teacher"  # the fine-tuned teacher, when the recipe fine-tunes one
+STUDENT_DIR = "student"  # the final student: save_pretrained + tokenizer
+STAGES_DIR = "stages"  # per-stage checkpoints
+FINETUNE_MARKER = "distill_finetune.json"  # written last into TEACHER_DIR: the stage is complete
+
+
+@dataclass
+class Plan:
+    """Everything known once the recipe, data, labels and tokenizers have been checked."""
+
+    cfg: RecipeConfig
+    task: ModuleType
+    splits: DatasetDict  # raw text + integer "labels"
+    label_names: list[str]
+    tokenizer: Any
+    teacher_config: Any
+    reuse_teacher: bool  # a fine-tuned teacher from an earlier run is in the output folder
+
+
+def prepare(cfg: RecipeConfig) -> Plan:
+    """All checks of ``distill validate``: config against the teacher, data, labels, tokenizers."""
+    task = tasks.TASKS[cfg.task]
+    out = Path(cfg.output.dir)
+    finetuned = out / TEACHER_DIR
+    reuse = cfg.teacher.finetune.enabled and (finetuned / FINETUNE_MARKER).is_file()
+    if reuse:
+        recorded = json.loads((finetuned / FINETUNE_MARKER).read_text())["settings"]
+        if recorded != _finetune_settings(cfg):
+            changed = sorted(k for k in set(recorded) | set(_finetune_settings(cfg)) if recorded.get(k) != _finetune_settings(cfg).get(k))
+            raise DistillError(
+                f"{finetuned} was fine-tuned with other settings ({', '.join(changed)} changed); "
+                "choose another output.dir or delete that folder"
+            )
+    teacher_source = str(finetuned) if reuse else cfg.teacher.name_or_path
+    teacher_config = load_pretrained(AutoConfig.from_pretrained, teacher_source, "teacher")
+    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, teacher_source, "teacher tokenizer")
+
+    n_teacher = num_layers(teacher_config)
+    n_student = _student_depth(cfg, n_teacher)
+    check_against_teacher(cfg, n_teacher, n_student)
+    if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise DistillError("train.mixed_precision: fp16 needs a GPU; use bf16 or no on a CPU")
+
+    raw = load_raw(cfg.data)
+    head_trained = reuse or not cfg.teacher.finetune.enabled
+    splits, label_names = task.prepare_targets(raw, cfg.data, teacher_config, head_trained)
+    if "test" not in splits:
+        log.warning("no test split: the final report compares teacher and student on the validation split")
+
+    if cfg.student.init == "pretrained":
+        student_tok = load_pretrained(AutoTokenizer.from_pretrained, cfg.student.name_or_path, "student tokenizer")
+        check_same_tokenizer(tokenizer, student_tok)
+    return Plan(cfg, task, splits, label_names, tokenizer, teacher_config, reuse)
+
+
+def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Run the recipe; returns what is written to ``OUTPUT/results.json``."""
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        log_with="tensorboard",
+        project_dir=cfg.output.dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.train.seed),
+    )
+    with accelerator.main_process_first():
+        plan = prepare(cfg)
+    task, out = plan.task, Path(cfg.output.dir)
+    teacher = _load_teacher(plan)
+    _check_output_folder(out, resume=resume, overwrite=cfg.output.overwrite)
+
+    # --- from here on, the output folder is written ---
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.output.overwrite:
+            for name in (STUDENT_DIR, f"{STAGES_DIR}/distill", "results.json"):
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        (out / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+    accelerator.wait_for_everyone()
+    accelerator.init_trackers("logs", config=_flat(to_dict(cfg)))
+
+    with accelerator.main_process_first():
+        tokenized = task.tokenize(plan.splits, plan.tokenizer, cfg.data)
+    collate = task.collator(plan.tokenizer)
+    eval_split = tokenized["validation"]
+
+    if cfg.teacher.finetune.enabled and not plan.reuse_teacher:
+        teacher = _finetune_teacher(accelerator, plan, teacher, tokenized, collate, resume)
+
+    set_seed(cfg.train.seed)
+    # The student is built from the fp32 teacher, before the teacher is cast to teacher.dtype.
+    student, copied = build_student(cfg.student, teacher, task.MODEL_CLASS, task.model_kwargs(plan.label_names))
+    _set_labels(student, plan.label_names)
+    teacher = freeze(teacher, cfg.teacher.dtype).to(accelerator.device)
+    projection = None
+    if cfg.loss.hidden_weight > 0:
+        layer_map = cfg.loss.layer_map or default_layer_map(
+            num_layers(student.config), num_layers(teacher.config), copied
+        )
+        projection = HiddenProjection(layer_map, hidden_size(student.config), hidden_size(teacher.config))
+    loss_step = LossStep(task, cfg.loss, teacher=teacher, projection=projection)
+    student, result = train(
+        accelerator,
+        name="distill",
+        cfg=cfg.train,
+        student=student,
+        loss_step=loss_step,
+        train_dataset=tokenized["train"],
+        eval_dataset=eval_split,
+        collate=collate,
+        task=task,
+        stage_dir=out / STAGES_DIR / "distill",
+        eval_batch_size=cfg.eval.batch_size,
+        resume=resume,
+    )
+    student = accelerator.unwrap_model(student)
+    save_model(accelerator, student, plan.tokenizer, out / STUDENT_DIR)
+
+    results = _report(accelerator, plan, teacher, student, tokenized, collate, copied, result.metrics)
+    if accelerator.is_main_process:
+        (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+        print(format_results(results))
+    accelerator.end_training()
+    return results
+
+
+def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any, path: Path) -> None:
+    """``save_pretrained`` model and tokenizer into ``path``, appearing there only once complete."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        partial = path.with_name(f".partial_{path.name}")
+        shutil.rmtree(partial, ignore_errors=True)
+        model.save_pretrained(partial, save_function=accelerator.save)
+        tokenizer.save_pretrained(partial)
+        shutil.rmtree(path, ignore_errors=True)
+        partial.rename(path)
+    accelerator.wait_for_everyone()
+
+
+def _load_teacher(plan: Plan) -> torch.nn.Module:
+    cfg, task = plan.cfg, plan.task
+    if plan.reuse_teacher:
+        return task.MODEL_CLASS.from_pretrained(Path(cfg.output.dir) / TEACHER_DIR)
+    if cfg.teacher.finetune.enabled:
+        return load_pretrained(
+            task.MODEL_CLASS.from_pretrained,
+            cfg.teacher.name_or_path,
+            "teacher",
+            ignore_mismatched_sizes=True,
+            **task.model_kwargs(plan.label_names),
+        )
+    teacher, info = load_pretrained(
+        task.MODEL_CLASS.from_pretrained, cfg.teacher.name_or_path, "teacher", output_loading_info=True
+    )
+    if info["missing_keys"]:
+        missing = ", ".join(sorted(info["missing_keys"])[:3])
+        raise DistillError(
+            f"the teacher '{cfg.teacher.name_or_path}' has no trained task head (missing weights: {missing}); "
+            "set teacher.finetune.enabled=true to fine-tune it first"
+        )
+    _set_labels(teacher, plan.label_names)
+    return teacher
+
+
+def _finetune_teacher(
+    accelerator: Accelerator, plan: Plan, teacher: torch.nn.Module, tokenized: DatasetDict, collate: Any, resume: bool
+) -> torch.nn.Module:
+    cfg = plan.cfg
+    ft = cfg.teacher.finetune
+    out = Path(cfg.output.dir)
+    stage_cfg = TrainConfig(
+        steps=ft.steps,
+        batch_size=ft.batch_size,
+        learning_rate=ft.learning_rate,
+        weight_decay=ft.weight_decay,
+        warmup_ratio=ft.warmup_ratio,
+        max_grad_norm=cfg.train.max_grad_norm,
+        mixed_precision=cfg.train.mixed_precision,
+        seed=cfg.train.seed,
+        eval_every=ft.eval_every,
+        checkpoint_every=cfg.train.checkpoint_every,
+        keep_checkpoints=cfg.train.keep_checkpoints,
+        log_every=cfg.train.log_every,
+    )
+    set_seed(cfg.train.seed)
+    model, result = train(
+        accelerator,
+        name="teacher-finetune",
+        cfg=stage_cfg,
+        student=teacher,
+        loss_step=LossStep(plan.task),
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        collate=collate,
+        task=plan.task,
+        stage_dir=out / STAGES_DIR / "teacher_finetune",
+        eval_batch_size=cfg.eval.batch_size,
+        resume=resume,
+    )
+    teacher = accelerator.unwrap_model(model)
+    save_model(accelerator, teacher, plan.tokenizer, out / TEACHER_DIR)
+    if accelerator.is_main_process:
+        marker = {"settings": _finetune_settings(cfg), "validation": result.metrics}
+        (out / TEACHER_DIR / FINETUNE_MARKER).write_text(json.dumps(marker, indent=2))
+        shutil.rmtree(out / STAGES_DIR / "teacher_finetune", ignore_errors=True)
+    accelerator.free_memory()
+    return teacher
+
+
+def _report(
+    accelerator: Accelerator,
+    plan: Plan,
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    tokenized: DatasetDict,
+    collate: Any,
+    copied: list[int] | None,
+    validation: dict[str, float],
+) -> dict[str, Any]:
+    cfg, task = plan.cfg, plan.task
+    split = "test" if "test" in tokenized else "validation"
+    dataset = tokenized[split]
+    dl = accelerator.prepare(make_dataloader(dataset, cfg.eval.batch_size, collate, shuffle=False, seed=0))
+    scores = {"teacher": evaluate(accelerator, teacher, dl, task), "student": evaluate(accelerator, student, dl, task)}
+    results: dict[str, Any] = {
+        "task": cfg.task,
+        "split": split,
+        "examples": len(dataset),
+        "labels": plan.label_names,
+        "student_layers_from_teacher": copied,
+        "student_validation": validation,
+    }
+    for name, model in (("teacher", teacher), ("student", student)):
+        results[name] = {**scores[name], "parameters": count_parameters(model)}
+    primary = task.PRIMARY_METRIC
+    results["retained"] = scores["student"][primary] / max(scores["teacher"][primary], 1e-12)
+    if cfg.eval.latency and accelerator.is_main_process:
+        examples = [dataset[i] for i in range(min(cfg.eval.latency_examples, len(dataset)))]
+        latency = measure_latency(
+            {"teacher": teacher, "student": student},
+            examples,
+            collate,
+            batch_size=cfg.eval.latency_batch_size,
+            repeats=cfg.eval.latency_repeats,
+            threads=cfg.eval.latency_threads,
+            device=accelerator.device,
+        )
+        for name in ("teacher", "student"):
+            results[name]["latency"] = latency[name]
+        results["speedup"] = latency["teacher"]["ms_per_example"] / latency["student"]["ms_per_example"]
+        results["latency_device"] = str(accelerator.device)
+    accelerator.wait_for_everyone()
+    return results
+
+
+def format_results(results: dict[str, Any]) -> str:
+    metrics = [k for k in results["teacher"] if k not in ("parameters", "latency")]
+    header = ["model", *metrics, "params (M)"] + (["ms/example"] if "speedup" in results else [])
+    rows = []
+    for name in ("teacher", "student"):
+        r = results[name]
+        row = [name, *(f"{r[m]:.4f}" for m in metrics), f"{r['parameters'] / 1e6:.2f}"]
+        if "speedup" in results:
+            row.append(f"{r['latency']['ms_per_example']:.2f}")
+        rows.append(row)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)) for r in [header, *rows]]
+    summary = f"{results['split']} split, {results['examples']} examples: student keeps {results['retained']:.1%} of the teacher's {metrics[0]}"
+    if "speedup" in results:
+        summary += f", {results['speedup']:.2f}x faster on {results['latency_device']} (batch {results['teacher']['latency']['batch_size']})"
+    summary += f", {results['teacher']['parameters'] / results['student']['parameters']:.2f}x fewer parameters"
+    return "\n".join([*lines, summary])
+
+
+def _check_output_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
+    if overwrite:
+        return
+    if (out / STUDENT_DIR).exists():
+        raise DistillError(
+            f"{out} already holds a finished student; set output.overwrite=true to replace it, or choose another output.dir"
+        )
+    if latest_checkpoint(out / STAGES_DIR / "distill") is not None and not resume:
+        raise DistillError(
+            f"{out} holds checkpoints of an unfinished run; pass --resume to continue it, "
+            "or output.overwrite=true to start afresh"
+        )
+
+
+def _student_depth(cfg: RecipeConfig, n_teacher: int) -> int:
+    s = cfg.student
+    if s.init == "copy_layers":
+        return len(s.layers) if s.layers is not None else s.num_layers
+    if s.init == "from_config":
+        return int(s.config_overrides.get("num_hidden_layers", n_teacher))
+    config = load_pretrained(AutoConfig.from_pretrained, s.name_or_path, "student")
+    return num_layers(config)
+
+
+def _set_labels(model: torch.nn.Module, names: list[str]) -> None:
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {n: i for i, n in enumerate(names)}
+
+
+def _finetune_settings(cfg: RecipeConfig) -> dict[str, Any]:
+    """What decides the fine-tuned teacher: reuse it only if all of this is unchanged."""
+    settings = {"teacher.name_or_path": cfg.teacher.name_or_path, "train.seed": cfg.train.seed}
+    settings.update({f"teacher.finetune.{k}": v for k, v in to_dict(cfg.teacher.finetune).items()})
+    settings.update({f"data.{k}": v for k, v in to_dict(cfg.data).items()})
+    return json.loads(json.dumps(settings))
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flat(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return flat
+
+
+def quiet_libraries() -> None:
+    """Keep the console to distill's own progress: library load reports and hub chatter off."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()

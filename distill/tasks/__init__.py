@@ -1,0 +1,5 @@
+"""Task families. Each module offers the same few names; see ``classification`` for the list."""
+
+from distill.tasks import classification
+
+TASKS = {"classification": classification}

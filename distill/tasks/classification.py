@@ -1,0 +1,149 @@
+"""Text classification: what differs from other tasks, in one place.
+
+Every task module offers the same names: ``MODEL_CLASS``, ``PRIMARY_METRIC``, ``prepare_targets``,
+``model_kwargs``, ``tokenize``, ``collator``, ``predict`` and ``compute_metrics``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import ClassLabel, DatasetDict, Value
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+
+from distill.config import DataConfig
+from distill.errors import DistillError
+
+MODEL_CLASS = AutoModelForSequenceClassification
+PRIMARY_METRIC = "accuracy"
+_GENERIC_LABEL = re.compile(r"^LABEL_\d+$")
+
+
+def prepare_targets(raw: DatasetDict, cfg: DataConfig, teacher_config: Any, head_trained: bool) -> tuple[DatasetDict, list[str]]:
+    """Give every split an integer ``labels`` column and decide the label names (id ``i`` is ``names[i]``).
+
+    The order comes from ``data.label_names``, else the data (a ``ClassLabel``'s names, sorted
+    string labels, or integer ids). When the teacher already has a trained head with named labels,
+    the data's labels are matched to the teacher's by name and take the teacher's order.
+    """
+    feature = raw["train"].features[cfg.label_column]
+    if isinstance(feature, ClassLabel):
+        kind, data_names = "ids", list(feature.names)
+    elif isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
+        kind, data_names = "names", sorted({str(v) for v in raw["train"][cfg.label_column]})
+    elif isinstance(feature, Value) and feature.dtype.startswith(("int", "uint")):
+        kind, data_names = "ids", None
+    else:
+        raise DistillError(f"data.label_column: '{cfg.label_column}' must hold label names or integer ids, not {feature}")
+
+    if cfg.label_names is not None:
+        names = list(cfg.label_names)
+    elif data_names is not None:
+        names = data_names
+    else:
+        names = [str(i) for i in range(int(max(raw["train"][cfg.label_column])) + 1)]
+
+    if head_trained:
+        names = _align_with_teacher(names, teacher_config, explicit=cfg.label_names is not None or data_names is not None)
+
+    index = {name: i for i, name in enumerate(names)}
+    folded = {name.casefold(): i for i, name in enumerate(names)}
+    # Integer labels: the data's id -> its name -> our id (the teacher may have changed the order).
+    source_names = cfg.label_names if cfg.label_names is not None else data_names
+    by_data_id = None if kind == "names" or source_names is None else [folded[n.casefold()] for n in source_names]
+
+    def encode(values: list[Any], split: str) -> list[int]:
+        out = []
+        for v in values:
+            if kind == "names":
+                i = index.get(str(v), folded.get(str(v).casefold()))
+                if i is None:
+                    raise DistillError(f"data: label '{v}' in split '{split}' is not one of the labels {names}")
+            else:
+                v = int(v)
+                if not 0 <= v < len(names):
+                    raise DistillError(
+                        f"data: label {v} in split '{split}' is outside the label set (0-{len(names) - 1}: {names})"
+                    )
+                i = by_data_id[v] if by_data_id is not None else v
+            out.append(i)
+        return out
+
+    out = DatasetDict()
+    for split, ds in raw.items():
+        labels = encode(ds[cfg.label_column], split)
+        if "labels" in ds.column_names:
+            ds = ds.remove_columns("labels")
+        out[split] = ds.add_column("labels", labels)
+    return out, names
+
+
+def _align_with_teacher(names: list[str], teacher_config: Any, explicit: bool) -> list[str]:
+    n_teacher = int(teacher_config.num_labels)
+    teacher_names = [str(teacher_config.id2label[i]) for i in range(n_teacher)]
+    if n_teacher != len(names):
+        raise DistillError(
+            f"the teacher's head has {n_teacher} labels {teacher_names} but the data has {len(names)} {names}; "
+            "set teacher.finetune.enabled=true to train a new head"
+        )
+    if all(_GENERIC_LABEL.match(n) for n in teacher_names):
+        return names  # an unnamed head: the data's ids are taken to be the head's
+    if not explicit:
+        return teacher_names  # bare integer labels: they are the teacher's ids
+    if {n.casefold() for n in teacher_names} != {n.casefold() for n in names}:
+        raise DistillError(
+            f"the teacher's labels {teacher_names} differ from the data's {names}; "
+            "set data.label_names to the teacher's label names or teacher.finetune.enabled=true"
+        )
+    return teacher_names  # the same labels, perhaps in another order: take the teacher's order
+
+
+def model_kwargs(names: list[str]) -> dict[str, Any]:
+    """Keyword arguments that give a model this label set (``pipeline`` then reports label names)."""
+    return {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)},
+    }
+
+
+def tokenize(splits: DatasetDict, tokenizer: Any, cfg: DataConfig) -> DatasetDict:
+    """Tokenize every split (truncating to ``max_length``, no padding: the collator pads per batch).
+
+    ``datasets`` caches the result next to the source data, keyed by the tokenizer and settings.
+    """
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        texts = batch[cfg.text_column]
+        pairs = batch[cfg.text_pair_column] if cfg.text_pair_column else None
+        return tokenizer(texts, pairs, truncation=True, max_length=cfg.max_length)
+
+    out = DatasetDict()
+    for split, ds in splits.items():
+        drop = [c for c in ds.column_names if c != "labels"]
+        out[split] = ds.map(encode, batched=True, remove_columns=drop, desc=f"tokenizing {split}")
+    return out
+
+
+def collator(tokenizer: Any) -> Any:
+    return DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the model's ``forward`` takes from a collated batch."""
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def predict(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(-1)
+
+
+def compute_metrics(predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
+    return {
+        "accuracy": float(accuracy_score(references, predictions)),
+        "macro_f1": float(f1_score(references, predictions, average="macro")),
+    }

@@ -1,0 +1,120 @@
+"""Shared fixtures: tiny models built from configs and small data sets, saved like a user's files."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+POSITIVE = ["good", "great", "love", "happy", "excellent", "nice", "fun", "best"]
+NEGATIVE = ["bad", "awful", "hate", "sad", "terrible", "worst", "boring", "poor"]
+NEUTRAL = ["the", "a", "car", "road", "today", "city", "phone", "game", "team", "news", "is", "was"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+LABELS = ["negative", "neutral", "positive"]
+
+
+def write_vocab(path: Path, extra: list[str] = ()) -> Path:
+    path.write_text("\n".join(SPECIAL + POSITIVE + NEGATIVE + NEUTRAL + list(extra)) + "\n")
+    return path
+
+
+def make_tokenizer(folder: Path, extra: list[str] = ()) -> BertTokenizer:
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = BertTokenizer(vocab_file=str(write_vocab(folder / "vocab.txt", extra)), do_lower_case=True)
+    tok.model_max_length = 64
+    return tok
+
+
+def tiny_bert_config(vocab_size: int, **kw) -> BertConfig:
+    defaults = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=3,
+        id2label=dict(enumerate(LABELS)),
+        label2id={n: i for i, n in enumerate(LABELS)},
+    )
+    defaults.update(kw)
+    return BertConfig(**defaults)
+
+
+def save_tiny_bert(folder: Path, seed: int = 0, **config_kw) -> Path:
+    """A tiny BERT classifier with its tokenizer, saved with save_pretrained (like a user's local model)."""
+    tok = make_tokenizer(folder)
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(tiny_bert_config(len(tok), **config_kw))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Short texts whose label follows from their words (plus 10% label noise)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(LABELS)
+        words = rng.sample(NEUTRAL, 3)
+        if label == "positive":
+            words += rng.sample(POSITIVE, 2)
+        elif label == "negative":
+            words += rng.sample(NEGATIVE, 2)
+        rng.shuffle(words)
+        if rng.random() < 0.1:
+            label = rng.choice(LABELS)
+        rows.append({"text": " ".join(words), "sentiment": label})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("teacher"))
+
+
+@pytest.fixture(scope="session")
+def data_csv(tmp_path_factory) -> Path:
+    return write_csv(tmp_path_factory.mktemp("data") / "tweets.csv", sentiment_rows(400))
+
+
+def recipe_dict(teacher: Path, data: Path, out: Path, **sections) -> dict:
+    raw = {
+        "description": "tiny test recipe",
+        "task": "classification",
+        "teacher": {"name_or_path": str(teacher)},
+        "student": {"init": "copy_layers", "num_layers": 2},
+        "data": {
+            "files": {"train": str(data)},
+            "text_column": "text",
+            "label_column": "sentiment",
+            "validation_size": 40,
+            "test_size": 40,
+            "max_length": 16,
+        },
+        "train": {"steps": 6, "batch_size": 8, "learning_rate": 1e-3, "log_every": 2},
+        "eval": {"latency_examples": 8, "latency_repeats": 1},
+        "output": {"dir": str(out)},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return raw
+
+
+def write_recipe(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
