@@ -92,6 +92,9 @@ def _load(cfg: DataConfig) -> DatasetDict:
         return datasets.load_dataset(fmt, data_files=files, **kwargs)
     except Exception as e:  # parse errors surface as several pyarrow / pandas / datasets types
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        empty = re.search(r'Instruction "(.+)" corresponds to no data', reason)
+        if empty:
+            raise DistillError(f"data: the {empty.group(1)} split is empty ({files[empty.group(1)]})") from None
         raise DistillError(f"data.files: cannot read {fmt} data: {reason[:300]}") from None
 
 

@@ -209,18 +209,8 @@ def train(
     metrics: dict[str, float] = {}
     for step in range(start_step + 1, cfg.steps + 1):
         micro = [next(batches) for _ in range(accum)]
-        local_items = sum(int((b["labels"] != -100).sum()) for b in micro)
-        global_items = accelerator.reduce(torch.tensor(local_items, device=accelerator.device), "sum").item()
-        scale = accelerator.num_processes / max(global_items, 1)
-        for i, batch in enumerate(micro):
-            sync = i == accum - 1
-            # Gradients are all-reduced once per optimizer step, on its last micro-batch.
-            ctx = contextlib.nullcontext() if sync else accelerator.no_sync(student)
-            with ctx, accelerator.autocast():
-                terms = loss_step(student, batch)
-                accelerator.backward(terms["loss"] * scale)
-            for k in running:
-                running[k] += float(terms[k].detach())
+        for k, v in backward_step(accelerator, student, loss_step, micro).items():
+            running[k] += v
         if cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_([p for m in modules for p in m.parameters()], cfg.max_grad_norm)
         optimizer.step()
@@ -246,6 +236,31 @@ def train(
             _save_checkpoint(accelerator, stage_dir, step, history, scheduler, cfg.keep_checkpoints)
     progress.close()
     return student, TrainResult(steps=cfg.steps, metrics=metrics, history=history)
+
+
+def backward_step(
+    accelerator: Accelerator, model: nn.Module, loss_step: LossStep, micro_batches: list[dict[str, Tensor]]
+) -> dict[str, float]:
+    """Accumulate the gradient of one optimizer step over its micro-batches.
+
+    The loss is divided once by the number of real items in all micro-batches of all processes,
+    and multiplied by the number of processes since DDP averages gradients: the result is the
+    gradient of the mean loss over the global batch, however it is split. Returns this process's
+    summed loss terms (not normalised), for logging.
+    """
+    local_items = sum(int((b["labels"] != -100).sum()) for b in micro_batches)
+    global_items = accelerator.reduce(torch.tensor(local_items, device=accelerator.device), "sum").item()
+    scale = accelerator.num_processes / max(global_items, 1)
+    totals = {"loss": 0.0, "hard": 0.0, "soft": 0.0, "hidden": 0.0, "items": 0.0}
+    for i, batch in enumerate(micro_batches):
+        # Gradients are all-reduced once per optimizer step, on its last micro-batch.
+        last = i == len(micro_batches) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model), accelerator.autocast():
+            terms = loss_step(model, batch)
+            accelerator.backward(terms["loss"] * scale)
+        for k in totals:
+            totals[k] += float(terms[k].detach())
+    return totals
 
 
 def _batches(accelerator: Accelerator, dataloader: DataLoader, skip: int) -> Iterator[dict[str, Tensor]]:

@@ -99,6 +99,7 @@ def prepare(cfg: RecipeConfig) -> Plan:
 def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
     """Run the recipe; returns what is written to ``OUTPUT/results.json``."""
     accelerator = Accelerator(
+        cpu=_cpu_processes(),
         mixed_precision=cfg.train.mixed_precision,
         log_with="tensorboard",
         project_dir=cfg.output.dir,
@@ -159,6 +160,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
     save_model(accelerator, student, plan.tokenizer, out / STUDENT_DIR)
 
     results = _report(accelerator, plan, teacher, student, tokenized, collate, copied, result.metrics)
+    results["history"] = result.history
     if accelerator.is_main_process:
         (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
         print(format_results(results))
@@ -268,6 +270,7 @@ def _report(
         "task": cfg.task,
         "split": split,
         "examples": len(dataset),
+        "processes": accelerator.num_processes,
         "labels": plan.label_names,
         "student_layers_from_teacher": copied,
         "student_validation": validation,
@@ -326,6 +329,16 @@ def _check_output_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
             f"{out} holds checkpoints of an unfinished run; pass --resume to continue it, "
             "or output.overwrite=true to start afresh"
         )
+
+
+def _cpu_processes() -> bool:
+    """Several processes (torchrun, accelerate launch) on a machine without GPUs: gloo on CPU.
+
+    Accelerate only treats a launched process as one of several CPU processes when told to use
+    the CPU; otherwise each would train alone on the whole data.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world > 1 and not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
 def _student_depth(cfg: RecipeConfig, n_teacher: int) -> int:

@@ -18,15 +18,11 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 LABELS = ["negative", "neutral", "positive"]
 
 
-def write_vocab(path: Path, extra: list[str] = ()) -> Path:
-    path.write_text("\n".join(SPECIAL + POSITIVE + NEGATIVE + NEUTRAL + list(extra)) + "\n")
-    return path
-
-
 def make_tokenizer(folder: Path, extra: list[str] = ()) -> BertTokenizer:
-    folder.mkdir(parents=True, exist_ok=True)
-    tok = BertTokenizer(vocab_file=str(write_vocab(folder / "vocab.txt", extra)), do_lower_case=True)
-    tok.model_max_length = 64
+    """A word-level WordPiece tokenizer over the test vocabulary, saved into ``folder``."""
+    words = SPECIAL + POSITIVE + NEGATIVE + NEUTRAL + list(extra)
+    tok = BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True, model_max_length=64)
+    tok.save_pretrained(folder)
     return tok
 
 
@@ -92,14 +88,14 @@ def data_csv(tmp_path_factory) -> Path:
     return write_csv(tmp_path_factory.mktemp("data") / "tweets.csv", sentiment_rows(400))
 
 
-def recipe_dict(teacher: Path, data: Path, out: Path, **sections) -> dict:
+def recipe_dict(teacher_path: Path, data_path: Path, out: Path, **sections) -> dict:
     raw = {
         "description": "tiny test recipe",
         "task": "classification",
-        "teacher": {"name_or_path": str(teacher)},
+        "teacher": {"name_or_path": str(teacher_path)},
         "student": {"init": "copy_layers", "num_layers": 2},
         "data": {
-            "files": {"train": str(data)},
+            "files": {"train": str(data_path)},
             "text_column": "text",
             "label_column": "sentiment",
             "validation_size": 40,
@@ -118,3 +114,13 @@ def recipe_dict(teacher: Path, data: Path, out: Path, **sections) -> dict:
 def write_recipe(path: Path, raw: dict) -> Path:
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each test builds its own Accelerator, as each process of a real run does."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

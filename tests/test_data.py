@@ -1,0 +1,155 @@
+import pytest
+from conftest import LABELS, sentiment_rows, write_csv
+from transformers import BertConfig
+
+from distill.config import DataConfig
+from distill.data import load_raw, normalise_text
+from distill.errors import DistillError
+from distill.tasks import classification
+
+
+def cfg(path, **kw):
+    base = dict(files={"train": str(path)}, text_column="text", label_column="sentiment", validation_size=20, test_size=30)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def test_carved_splits_are_seeded_disjoint_and_sized(tmp_path):
+    path = write_csv(tmp_path / "d.csv", [{"text": f"text number {i}", "sentiment": LABELS[i % 3]} for i in range(200)])
+    a = load_raw(cfg(path))
+    b = load_raw(cfg(path))
+    assert (len(a["train"]), len(a["validation"]), len(a["test"])) == (150, 20, 30)
+    assert a["test"]["text"] == b["test"]["text"]  # same seed, same split
+    c = load_raw(cfg(path, seed=7))
+    assert set(c["test"]["text"]) != set(a["test"]["text"])
+    splits = [set(a[s]["text"]) for s in ("train", "validation", "test")]
+    assert not (splits[0] & splits[1]) and not (splits[0] & splits[2]) and not (splits[1] & splits[2])
+
+
+def test_fractions_and_existing_splits(tmp_path):
+    train = write_csv(tmp_path / "train.csv", [{"text": f"t {i}", "sentiment": "positive"} for i in range(100)])
+    test = write_csv(tmp_path / "test.csv", [{"text": f"x {i}", "sentiment": "negative"} for i in range(10)])
+    out = load_raw(cfg(train, files={"train": str(train), "test": str(test)}, validation_size=0.1))
+    assert len(out["test"]) == 10 and out["test"]["text"][0] == "x 0"  # given test split used as is
+    assert len(out["validation"]) == 10 and len(out["train"]) == 90
+
+
+def test_normalise_text():
+    assert normalise_text("RT @someone: Self-driving  cars http://t.co/x ") == "self-driving cars"
+    assert normalise_text("rt @a: rt @b: Hello") == "hello"
+    assert normalise_text("Hello") == normalise_text("hello   ")
+
+
+def test_dedupe_drops_repeats_conflicts_and_leaks(tmp_path):
+    rows = [
+        {"text": "google car is great", "sentiment": "positive"},
+        {"text": "RT @fan: google car is great", "sentiment": "positive"},
+        {"text": "google  car is GREAT http://t.co/1", "sentiment": "positive"},
+        {"text": "this is ambiguous", "sentiment": "positive"},
+        {"text": "RT @x: this is ambiguous", "sentiment": "negative"},
+    ] + [{"text": f"unique text {i}", "sentiment": LABELS[i % 3]} for i in range(60)]
+    path = write_csv(tmp_path / "d.csv", rows)
+    out = load_raw(cfg(path, dedupe=True, validation_size=5, test_size=5))
+    texts = [normalise_text(t) for s in out.values() for t in s["text"]]
+    assert len(texts) == len(set(texts)) == 61  # 60 unique + one "google car", the conflicting pair dropped
+    assert "this is ambiguous" not in texts
+    raw = load_raw(cfg(path, dedupe=False, validation_size=5, test_size=5))
+    assert sum(len(s) for s in raw.values()) == 65
+
+
+def test_drop_train_rows_also_in_given_test(tmp_path):
+    train = write_csv(tmp_path / "train.csv", [{"text": f"t {i}", "sentiment": "positive"} for i in range(50)])
+    test = write_csv(tmp_path / "test.csv", [{"text": "T 3", "sentiment": "positive"}, {"text": "new", "sentiment": "negative"}])
+    out = load_raw(cfg(train, files={"train": str(train), "test": str(test)}, dedupe=True, validation_size=5))
+    assert "t 3" not in list(out["train"]["text"]) + list(out["validation"]["text"])
+
+
+def test_labels_from_strings_are_sorted_names(tmp_path):
+    path = write_csv(tmp_path / "d.csv", sentiment_rows(90))
+    raw = load_raw(cfg(path))
+    splits, names = classification.prepare_targets(raw, raw_cfg := cfg(path), None, head_trained=False)
+    assert names == ["negative", "neutral", "positive"]
+    for split in splits.values():
+        for text_label, i in zip(split["sentiment"], split["labels"], strict=True):
+            assert names[i] == text_label
+    # Explicit order wins.
+    raw_cfg.label_names = ["positive", "negative", "neutral"]
+    splits, names = classification.prepare_targets(raw, raw_cfg, None, head_trained=False)
+    assert names == ["positive", "negative", "neutral"]
+    assert all(names[i] == t for t, i in zip(splits["train"]["sentiment"], splits["train"]["labels"], strict=True))
+
+
+def test_labels_follow_a_trained_teachers_order(tmp_path):
+    path = write_csv(tmp_path / "d.csv", sentiment_rows(90))
+    raw = load_raw(cfg(path))
+    teacher = BertConfig(num_labels=3, id2label={0: "Positive", 1: "Negative", 2: "Neutral"})
+    splits, names = classification.prepare_targets(raw, cfg(path), teacher, head_trained=True)
+    assert names == ["Positive", "Negative", "Neutral"]
+    assert all(names[i].lower() == t for t, i in zip(splits["train"]["sentiment"], splits["train"]["labels"], strict=True))
+    other = BertConfig(num_labels=3, id2label={0: "spam", 1: "ham", 2: "eggs"})
+    with pytest.raises(DistillError, match=r"the teacher's labels \['spam', 'ham', 'eggs'\] differ from the data's"):
+        classification.prepare_targets(raw, cfg(path), other, head_trained=True)
+    two = BertConfig(num_labels=2)
+    with pytest.raises(DistillError, match=r"teacher's head has 2 labels .* data has 3 .*teacher.finetune.enabled=true"):
+        classification.prepare_targets(raw, cfg(path), two, head_trained=True)
+
+
+def test_integer_labels_and_out_of_range(tmp_path):
+    rows = [{"text": f"t {i}", "sentiment": i % 2} for i in range(60)]
+    path = write_csv(tmp_path / "d.csv", rows)
+    raw = load_raw(cfg(path, validation_size=5, test_size=5))
+    splits, names = classification.prepare_targets(raw, cfg(path), None, head_trained=False)
+    assert names == ["0", "1"] and splits["train"]["labels"] == splits["train"]["sentiment"]
+    test = write_csv(tmp_path / "test.csv", [{"text": "x", "sentiment": 5}])
+    data = cfg(path, files={"train": str(path), "test": str(test)}, validation_size=5)
+    with pytest.raises(DistillError, match=r"label 5 in split 'test' is outside the label set \(0-1"):
+        classification.prepare_targets(load_raw(data), data, None, head_trained=False)
+
+
+def test_unknown_string_label_in_test_split(tmp_path):
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(60))
+    test = write_csv(tmp_path / "test.csv", [{"text": "good car", "sentiment": "sarcastic"}])
+    data = cfg(train, files={"train": str(train), "test": str(test)}, validation_size=5)
+    with pytest.raises(DistillError, match=r"label 'sarcastic' in split 'test' is not one of the labels"):
+        classification.prepare_targets(load_raw(data), data, None, head_trained=False)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(text_column="tweet"), r"data.text_column: no column 'tweet' in split 'train' \(columns: text, sentiment\)"),
+        (dict(label_column="y"), r"data.label_column: no column 'y'"),
+        (dict(files={"train": "/no/such/file.csv"}), r"data.files.train: file not found: /no/such/file.csv"),
+        (dict(files={"train": "/tmp/x.txt"}), None),
+        (dict(validation_size=500), r"data.validation_size: cannot carve 500 validation examples"),
+    ],
+)
+def test_bad_data_input(tmp_path, change, message):
+    path = write_csv(tmp_path / "d.csv", sentiment_rows(60))
+    if message is None:
+        txt = tmp_path / "x.txt"
+        txt.write_text("hello")
+        change = dict(files={"train": str(txt)})
+        message = r"data.files.train: unsupported file type '.txt'"
+    with pytest.raises(DistillError, match=message):
+        load_raw(cfg(path, **change))
+
+
+def test_empty_split_is_an_error(tmp_path):
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(60))
+    empty = tmp_path / "test.csv"
+    empty.write_text("text,sentiment\n")
+    with pytest.raises(DistillError, match="the test split is empty"):
+        load_raw(cfg(train, files={"train": str(train), "test": str(empty)}))
+
+
+def test_json_and_latin1_csv(tmp_path):
+    import json
+
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in sentiment_rows(60)))
+    assert len(load_raw(cfg(path))["train"]) == 10
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,sentiment\n".encode() + "".join(f"caf\xe9 {i},positive\n" for i in range(60)).encode("latin-1"))
+    out = load_raw(cfg(latin, encoding="latin-1"))
+    assert any("café" in t for t in out["train"]["text"])
