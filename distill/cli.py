@@ -55,8 +55,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     plan = prepare(cfg)
     sizes = ", ".join(f"{name} {len(split)}" for name, split in plan.splits.items())
     print(f"recipe OK: {cfg.description or args.recipe}")
-    print(f"  teacher   {cfg.teacher.name_or_path} ({plan.teacher_config.model_type}, {plan.teacher_config.num_hidden_layers} layers)")
-    print(f"  student   {cfg.student.init}" + (f", layers {cfg.student.layers}" if cfg.student.layers else ""))
+    print(
+        f"  teacher   {cfg.teacher.name_or_path} ({plan.teacher_config.model_type}, {plan.teacher_config.num_hidden_layers} layers)"
+    )
+    print(
+        f"  student   {cfg.student.init}" + (f", layers {cfg.student.layers}" if cfg.student.layers else "")
+    )
     print(f"  labels    {plan.label_names}")
     print(f"  splits    {sizes}")
     print(f"  tokenizer {type(plan.tokenizer).__name__}, {len(plan.tokenizer)} tokens")
@@ -79,14 +83,20 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation of Transformer models.")
+    parser = argparse.ArgumentParser(
+        prog="distill", description="Knowledge distillation of Transformer models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run a recipe: fine-tune the teacher if asked, distil, evaluate")
     p_run.add_argument("recipe", help="recipe file or name (see `distill recipes`)")
     p_run.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=100")
-    p_run.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output.dir")
+    p_run.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in output.dir"
+    )
     p_run.set_defaults(func=cmd_run)
-    p_val = sub.add_parser("validate", help="check a recipe, its data, labels and tokenizers without training")
+    p_val = sub.add_parser(
+        "validate", help="check a recipe, its data, labels and tokenizers without training"
+    )
     p_val.add_argument("recipe")
     p_val.add_argument("overrides", nargs="*")
     p_val.set_defaults(func=cmd_validate)
@@ -97,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="distill: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="distill: %(message)s")
+    logging.getLogger("distill").setLevel(logging.INFO)
     from distill.run import quiet_libraries
 
     quiet_libraries()
@@ -107,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"distill: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("distill: interrupted; `distill run RECIPE --resume` continues from the last checkpoint", file=sys.stderr)
+        print(
+            "distill: interrupted; `distill run RECIPE --resume` continues from the last checkpoint",
+            file=sys.stderr,
+        )
         return 130
 
 

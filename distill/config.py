@@ -110,11 +110,15 @@ class DataConfig:
     label_column: str = "label"  # column with the label (string names or integer ids)
     label_names: list[str] | None = None  # label order (id i is label_names[i]); default: as the data says
     train_split: str = "train"  # split used for training
-    validation_split: str = "validation"  # split used for evaluation during training (carved from train if absent)
+    validation_split: str = (
+        "validation"  # split used for evaluation during training (carved from train if absent)
+    )
     test_split: str = "test"  # held-out split for the final report (carved from train if absent; "" for none)
     validation_size: float = 0.1  # carved validation split: a fraction (<1) or a number of examples (>=1)
     test_size: float = 0.1  # carved test split: a fraction (<1) or a number of examples (>=1)
-    dedupe: bool = False  # drop repeated texts (case, spacing, URLs and retweet prefixes ignored) before splitting
+    dedupe: bool = (
+        False  # drop repeated texts (case, spacing, URLs and retweet prefixes ignored) before splitting
+    )
     max_length: int = 128  # tokens per example; longer inputs are truncated
     max_train_examples: int = 0  # use at most this many training examples (0: all)
     max_eval_examples: int = 0  # use at most this many validation and test examples (0: all)
@@ -383,7 +387,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise DistillError(f"{key}: expected a mapping, got {value!r}")
-        return {_coerce(args[0], k, f"{key} key"): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+        return {
+            _coerce(args[0], k, f"{key} key"): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()
+        }
     raise TypeError(f"unsupported config type {tp} for {key}")
 
 

@@ -25,7 +25,9 @@ def load_raw(cfg: DataConfig) -> DatasetDict:
     """The ``train``, ``validation`` and ``test`` splits (test may be absent), checked and deduped."""
     loaded = _load(cfg)
     if cfg.train_split not in loaded:
-        raise DistillError(f"data.train_split: no split '{cfg.train_split}' in the data (splits: {', '.join(loaded)})")
+        raise DistillError(
+            f"data.train_split: no split '{cfg.train_split}' in the data (splits: {', '.join(loaded)})"
+        )
     columns = [cfg.text_column, cfg.label_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
     for name, split in loaded.items():
         for key, column in zip(("text_column", "label_column", "text_pair_column"), columns, strict=False):
@@ -37,18 +39,29 @@ def load_raw(cfg: DataConfig) -> DatasetDict:
     splits = {name: _drop_incomplete(split, columns, name) for name, split in loaded.items() if name in keep}
 
     train = splits[cfg.train_split]
-    held_out = {role: splits[name] for role, name in (("test", cfg.test_split), ("validation", cfg.validation_split)) if name in splits}
+    held_out = {
+        role: splits[name]
+        for role, name in (("test", cfg.test_split), ("validation", cfg.validation_split))
+        if name in splits
+    }
     if cfg.dedupe:
         train = _dedupe(train, cfg.text_column, cfg.label_column, "train")
-        held_out = {role: _dedupe(ds, cfg.text_column, cfg.label_column, role) for role, ds in held_out.items()}
+        held_out = {
+            role: _dedupe(ds, cfg.text_column, cfg.label_column, role) for role, ds in held_out.items()
+        }
         train = _drop_overlap(train, cfg.text_column, held_out)
     # Carve what is missing from train, seeded: test first, then validation from the rest.
-    for role, name, size in (("test", cfg.test_split, cfg.test_size), ("validation", cfg.validation_split, cfg.validation_size)):
+    for role, name, size in (
+        ("test", cfg.test_split, cfg.test_size),
+        ("validation", cfg.validation_split, cfg.validation_size),
+    ):
         if role in held_out or not name:
             continue
         if size == 0:
             if role == "validation":
-                raise DistillError("data.validation_size: the data has no validation split, so it must be > 0")
+                raise DistillError(
+                    "data.validation_size: the data has no validation split, so it must be > 0"
+                )
             continue
         train, held_out[role] = _carve(train, size, cfg.seed, role)
         log.info("carved a %s split of %d examples from '%s'", role, len(held_out[role]), cfg.train_split)
@@ -81,7 +94,9 @@ def _load(cfg: DataConfig) -> DatasetDict:
             raise DistillError(f"data.files.{split}: file not found: {name}")
         suffix = path.suffix.lower()
         if suffix not in FORMATS:
-            raise DistillError(f"data.files.{split}: unsupported file type '{suffix}' (use {', '.join(FORMATS)})")
+            raise DistillError(
+                f"data.files.{split}: unsupported file type '{suffix}' (use {', '.join(FORMATS)})"
+            )
         formats.add(FORMATS[suffix])
         files[split] = str(path)
     if len(formats) != 1:
@@ -94,7 +109,9 @@ def _load(cfg: DataConfig) -> DatasetDict:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         empty = re.search(r'Instruction "(.+)" corresponds to no data', reason)
         if empty:
-            raise DistillError(f"data: the {empty.group(1)} split is empty ({files[empty.group(1)]})") from None
+            raise DistillError(
+                f"data: the {empty.group(1)} split is empty ({files[empty.group(1)]})"
+            ) from None
         raise DistillError(f"data.files: cannot read {fmt} data: {reason[:300]}") from None
 
 

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SCHEDULER_NAMES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 CHECKPOINT_PREFIX = "step_"
+LOGGED_TERMS = ("loss", "hard", "soft", "hidden", "items")
 
 
 class LossStep:
@@ -67,18 +68,21 @@ class LossStep:
     def __call__(self, student: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         labels = batch["labels"]
         inputs = self.task.model_inputs(batch)
+        teacher_out = None
+        if self.use_soft or self.use_hidden:
+            assert self.teacher is not None
+            # The teacher runs first, so its activations are freed before the student's are built.
+            with torch.inference_mode():
+                teacher_out = self.teacher(**inputs, output_hidden_states=self.use_hidden)
         student_out = student(**inputs, output_hidden_states=self.use_hidden)
         mask = labels != -100  # (batch,) for classification, (batch, target_len) for seq2seq
         hard = hard_ce(student_out.logits, labels)
         zero = hard.new_zeros(())
         out = {"hard": hard, "soft": zero, "hidden": zero, "items": mask.sum()}
-        if not (self.use_soft or self.use_hidden):
+        if teacher_out is None:
             out["loss"] = hard
             return out
-        assert self.teacher is not None and self.loss is not None
-        with torch.inference_mode():
-            teacher_out = self.teacher(**inputs, output_hidden_states=self.use_hidden)
-        alpha = self.loss.alpha
+        assert self.loss is not None
         if self.use_soft:
             # clone(): inference tensors cannot be saved for backward; a copy made outside can.
             teacher_logits = teacher_out.logits.clone()
@@ -86,7 +90,7 @@ class LossStep:
             out["soft"] = SOFT_LOSSES[self.loss.soft](
                 student_out.logits, teacher_logits, temperature=self.loss.temperature, mask=mask, **kwargs
             )
-        total = kd_mix(out["soft"], hard, alpha=alpha)
+        total = kd_mix(out["soft"], hard, alpha=self.loss.alpha)
         if self.use_hidden:
             assert self.projection is not None
             token_mask = inputs.get("attention_mask")
@@ -110,7 +114,9 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # logged losses and evaluations
 
 
-def evaluate(accelerator: Accelerator, model: nn.Module, dataloader: DataLoader, task: ModuleType) -> dict[str, float]:
+def evaluate(
+    accelerator: Accelerator, model: nn.Module, dataloader: DataLoader, task: ModuleType
+) -> dict[str, float]:
     """Task metrics of ``model`` over a prepared dataloader, gathered from every process."""
     was_training = model.training
     model.eval()
@@ -125,7 +131,9 @@ def evaluate(accelerator: Accelerator, model: nn.Module, dataloader: DataLoader,
     return task.compute_metrics(torch.cat(predictions).numpy(), torch.cat(references).numpy())
 
 
-def make_dataloader(dataset: Dataset, batch_size: int, collate: Callable, *, shuffle: bool, seed: int) -> DataLoader:
+def make_dataloader(
+    dataset: Dataset, batch_size: int, collate: Callable, *, shuffle: bool, seed: int
+) -> DataLoader:
     # An own generator keeps DataLoader start-up from drawing on the global RNG, so that resuming
     # mid-epoch leaves dropout's random stream exactly where the uninterrupted run had it.
     return DataLoader(
@@ -140,7 +148,11 @@ def make_dataloader(dataset: Dataset, batch_size: int, collate: Callable, *, shu
 
 def latest_checkpoint(stage_dir: Path) -> Path | None:
     found = sorted(
-        (p for p in (stage_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*") if p.name[len(CHECKPOINT_PREFIX) :].isdigit()),
+        (
+            p
+            for p in (stage_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*")
+            if p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+        ),
         key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]),
     )
     return found[-1] if found else None
@@ -190,6 +202,9 @@ def train(
     student, projection = prepared[0], (prepared[1] if len(modules) > 1 else None)
     optimizer, train_dl, eval_dl = prepared[len(modules) :]
     loss_step.projection = accelerator.unwrap_model(projection) if projection is not None else None
+    if loss_step.teacher is not None:
+        # The teacher is not prepared (never wrapped for DDP, never in a checkpoint): place it by hand.
+        loss_step.teacher.to(accelerator.device)
 
     start_step, history = 0, []
     checkpoint = latest_checkpoint(stage_dir) if resume else None
@@ -203,14 +218,18 @@ def train(
     batches = _batches(accelerator, train_dl, start_step * accum)
     student.train()
     progress = tqdm(
-        total=cfg.steps, initial=start_step, desc=name, disable=not accelerator.is_local_main_process, dynamic_ncols=True
+        total=cfg.steps,
+        initial=start_step,
+        desc=name,
+        disable=not accelerator.is_local_main_process,
+        dynamic_ncols=True,
     )
-    running = {"loss": 0.0, "hard": 0.0, "soft": 0.0, "hidden": 0.0, "items": 0.0}
+    running = torch.zeros(len(LOGGED_TERMS), device=accelerator.device)  # summed since the last log
     metrics: dict[str, float] = {}
     for step in range(start_step + 1, cfg.steps + 1):
         micro = [next(batches) for _ in range(accum)]
-        for k, v in backward_step(accelerator, student, loss_step, micro).items():
-            running[k] += v
+        totals = backward_step(accelerator, student, loss_step, micro)
+        running += torch.stack([totals[k] for k in LOGGED_TERMS])
         if cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_([p for m in modules for p in m.parameters()], cfg.max_grad_norm)
         optimizer.step()
@@ -219,14 +238,18 @@ def train(
         progress.update(1)
 
         if step % cfg.log_every == 0 or step == cfg.steps:
-            totals = accelerator.reduce(torch.tensor(list(running.values()), device=accelerator.device), "sum").tolist()
-            items = max(totals[-1], 1.0)
+            summed = (
+                accelerator.reduce(running, "sum") if accelerator.num_processes > 1 else running
+            ).tolist()
+            items = max(summed[-1], 1.0)
             entry = {"step": step, "lr": scheduler.get_last_lr()[0]}
-            entry.update({f"train/{k}": v / items for k, v in zip(running, totals[:-1], strict=False)})
+            entry.update(
+                {f"train/{k}": v / items for k, v in zip(LOGGED_TERMS[:-1], summed[:-1], strict=True)}
+            )
             accelerator.log({f"{name}/{k}": v for k, v in entry.items() if k != "step"}, step=step)
             history.append(entry)
             progress.set_postfix(loss=f"{entry['train/loss']:.4f}")
-            running = dict.fromkeys(running, 0.0)
+            running.zero_()
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             metrics = evaluate(accelerator, student, eval_dl, task)
             accelerator.log({f"{name}/validation/{k}": v for k, v in metrics.items()}, step=step)
@@ -240,26 +263,28 @@ def train(
 
 def backward_step(
     accelerator: Accelerator, model: nn.Module, loss_step: LossStep, micro_batches: list[dict[str, Tensor]]
-) -> dict[str, float]:
+) -> dict[str, Tensor]:
     """Accumulate the gradient of one optimizer step over its micro-batches.
 
     The loss is divided once by the number of real items in all micro-batches of all processes,
     and multiplied by the number of processes since DDP averages gradients: the result is the
     gradient of the mean loss over the global batch, however it is split. Returns this process's
-    summed loss terms (not normalised), for logging.
+    summed loss terms (not normalised, detached), for logging. Nothing here waits for the device:
+    counts and totals stay tensors.
     """
-    local_items = sum(int((b["labels"] != -100).sum()) for b in micro_batches)
-    global_items = accelerator.reduce(torch.tensor(local_items, device=accelerator.device), "sum").item()
-    scale = accelerator.num_processes / max(global_items, 1)
-    totals = {"loss": 0.0, "hard": 0.0, "soft": 0.0, "hidden": 0.0, "items": 0.0}
+    local_items = torch.stack([(b["labels"] != -100).sum() for b in micro_batches]).sum()
+    global_items = accelerator.reduce(local_items, "sum") if accelerator.num_processes > 1 else local_items
+    scale = accelerator.num_processes / global_items.clamp(min=1).float()
+    totals: dict[str, Tensor] = {}
     for i, batch in enumerate(micro_batches):
         # Gradients are all-reduced once per optimizer step, on its last micro-batch.
         last = i == len(micro_batches) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model), accelerator.autocast():
             terms = loss_step(model, batch)
             accelerator.backward(terms["loss"] * scale)
-        for k in totals:
-            totals[k] += float(terms[k].detach())
+        for k in LOGGED_TERMS:
+            value = terms[k].detach().float()
+            totals[k] = totals[k] + value if k in totals else value
     return totals
 
 

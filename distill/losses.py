@@ -33,7 +33,9 @@ def _log_probs(logits: Tensor, temperature: float) -> Tensor:
     return F.log_softmax(logits.float() / temperature, dim=-1)
 
 
-def soft_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float, mask: Tensor | None = None) -> Tensor:
+def soft_kl(
+    student_logits: Tensor, teacher_logits: Tensor, *, temperature: float, mask: Tensor | None = None
+) -> Tensor:
     """Forward KL, ``T² · Σ_items KL(p_T ‖ q_T)``.
 
     ``p_T = softmax(teacher_logits / T)``, ``q_T = softmax(student_logits / T)``. Computed in log
@@ -45,7 +47,9 @@ def soft_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: floa
     return temperature**2 * _masked_sum(per_item, mask)
 
 
-def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float, mask: Tensor | None = None) -> Tensor:
+def reverse_kl(
+    student_logits: Tensor, teacher_logits: Tensor, *, temperature: float, mask: Tensor | None = None
+) -> Tensor:
     """Reverse KL, ``T² · Σ_items KL(q_T ‖ p_T)`` (mode-seeking: the student's mass stays where the teacher's is)."""
     s = _log_probs(student_logits, temperature)
     t = _log_probs(teacher_logits, temperature)

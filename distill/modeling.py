@@ -162,7 +162,11 @@ class HiddenProjection(nn.Module):
         self.layer_map = dict(layer_map)
         self.proj = nn.ModuleDict(
             {
-                str(s): (nn.Linear(student_width, teacher_width) if student_width != teacher_width else nn.Identity())
+                str(s): (
+                    nn.Linear(student_width, teacher_width)
+                    if student_width != teacher_width
+                    else nn.Identity()
+                )
                 for s in self.layer_map
             }
         )
@@ -189,7 +193,11 @@ def check_same_tokenizer(teacher_tok: Any, student_tok: Any) -> None:
     t_special = _special_tokens(teacher_tok)
     s_special = _special_tokens(student_tok)
     if t_special != s_special:
-        diff = {k: (t_special.get(k), s_special.get(k)) for k in set(t_special) | set(s_special) if t_special.get(k) != s_special.get(k)}
+        diff = {
+            k: (t_special.get(k), s_special.get(k))
+            for k in set(t_special) | set(s_special)
+            if t_special.get(k) != s_special.get(k)
+        }
         name, (t, s) = sorted(diff.items())[0]
         raise DistillError(
             f"the student's tokenizer differs from the teacher's: special token {name} is {t} in the teacher's, {s} in the student's"

@@ -69,7 +69,11 @@ def prepare(cfg: RecipeConfig) -> Plan:
     if reuse:
         recorded = json.loads((finetuned / FINETUNE_MARKER).read_text())["settings"]
         if recorded != _finetune_settings(cfg):
-            changed = sorted(k for k in set(recorded) | set(_finetune_settings(cfg)) if recorded.get(k) != _finetune_settings(cfg).get(k))
+            changed = sorted(
+                k
+                for k in set(recorded) | set(_finetune_settings(cfg))
+                if recorded.get(k) != _finetune_settings(cfg).get(k)
+            )
             raise DistillError(
                 f"{finetuned} was fine-tuned with other settings ({', '.join(changed)} changed); "
                 "choose another output.dir or delete that folder"
@@ -91,7 +95,9 @@ def prepare(cfg: RecipeConfig) -> Plan:
         log.warning("no test split: the final report compares teacher and student on the validation split")
 
     if cfg.student.init == "pretrained":
-        student_tok = load_pretrained(AutoTokenizer.from_pretrained, cfg.student.name_or_path, "student tokenizer")
+        student_tok = load_pretrained(
+            AutoTokenizer.from_pretrained, cfg.student.name_or_path, "student tokenizer"
+        )
         check_same_tokenizer(tokenizer, student_tok)
     return Plan(cfg, task, splits, label_names, tokenizer, teacher_config, reuse)
 
@@ -132,7 +138,9 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
 
     set_seed(cfg.train.seed)
     # The student is built from the fp32 teacher, before the teacher is cast to teacher.dtype.
-    student, copied = build_student(cfg.student, teacher, task.MODEL_CLASS, task.model_kwargs(plan.label_names))
+    student, copied = build_student(
+        cfg.student, teacher, task.MODEL_CLASS, task.model_kwargs(plan.label_names)
+    )
     _set_labels(student, plan.label_names)
     teacher = freeze(teacher, cfg.teacher.dtype).to(accelerator.device)
     projection = None
@@ -207,7 +215,12 @@ def _load_teacher(plan: Plan) -> torch.nn.Module:
 
 
 def _finetune_teacher(
-    accelerator: Accelerator, plan: Plan, teacher: torch.nn.Module, tokenized: DatasetDict, collate: Any, resume: bool
+    accelerator: Accelerator,
+    plan: Plan,
+    teacher: torch.nn.Module,
+    tokenized: DatasetDict,
+    collate: Any,
+    resume: bool,
 ) -> torch.nn.Module:
     cfg = plan.cfg
     ft = cfg.teacher.finetune
@@ -265,7 +278,10 @@ def _report(
     split = "test" if "test" in tokenized else "validation"
     dataset = tokenized[split]
     dl = accelerator.prepare(make_dataloader(dataset, cfg.eval.batch_size, collate, shuffle=False, seed=0))
-    scores = {"teacher": evaluate(accelerator, teacher, dl, task), "student": evaluate(accelerator, student, dl, task)}
+    scores = {
+        "teacher": evaluate(accelerator, teacher, dl, task),
+        "student": evaluate(accelerator, student, dl, task),
+    }
     results: dict[str, Any] = {
         "task": cfg.task,
         "split": split,
@@ -313,7 +329,9 @@ def format_results(results: dict[str, Any]) -> str:
     summary = f"{results['split']} split, {results['examples']} examples: student keeps {results['retained']:.1%} of the teacher's {metrics[0]}"
     if "speedup" in results:
         summary += f", {results['speedup']:.2f}x faster on {results['latency_device']} (batch {results['teacher']['latency']['batch_size']})"
-    summary += f", {results['teacher']['parameters'] / results['student']['parameters']:.2f}x fewer parameters"
+    summary += (
+        f", {results['teacher']['parameters'] / results['student']['parameters']:.2f}x fewer parameters"
+    )
     return "\n".join([*lines, summary])
 
 
@@ -338,7 +356,11 @@ def _cpu_processes() -> bool:
     the CPU; otherwise each would train alone on the whole data.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    return world > 1 and not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
+    return (
+        world > 1
+        and not torch.cuda.is_available()
+        and not (hasattr(torch, "xpu") and torch.xpu.is_available())
+    )
 
 
 def _student_depth(cfg: RecipeConfig, n_teacher: int) -> int:

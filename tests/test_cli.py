@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tokenizer, recipe_dict, save_tiny_bert, sentiment_rows, tiny_bert_config, write_csv, write_recipe
+from conftest import (
+    make_tokenizer,
+    recipe_dict,
+    sentiment_rows,
+    tiny_bert_config,
+    write_csv,
+    write_recipe,
+)
 from safetensors.torch import load_file
 from transformers import BertModel, pipeline
 
@@ -37,7 +44,9 @@ def test_run_writes_a_student_that_plain_transformers_loads(tmp_path, teacher_di
         assert 0.0 <= results[name]["accuracy"] <= 1.0 and 0.0 <= results[name]["macro_f1"] <= 1.0
         assert results[name]["latency"]["ms_per_example"] > 0
     assert results["student"]["parameters"] < results["teacher"]["parameters"]
-    assert results["retained"] == pytest.approx(results["student"]["accuracy"] / results["teacher"]["accuracy"])
+    assert results["retained"] == pytest.approx(
+        results["student"]["accuracy"] / results["teacher"]["accuracy"]
+    )
     assert results["speedup"] == pytest.approx(
         results["teacher"]["latency"]["ms_per_example"] / results["student"]["latency"]["ms_per_example"]
     )
@@ -63,7 +72,9 @@ def test_finetune_stage_saves_and_reuses_the_teacher(tmp_path, data_csv, capsys)
     torch.manual_seed(0)
     BertModel(tiny_bert_config(len(tok))).save_pretrained(backbone)  # no classification head
     out = tmp_path / "out"
-    raw = recipe_dict(backbone, data_csv, out, teacher={"finetune": {"enabled": True, "steps": 8, "batch_size": 8}})
+    raw = recipe_dict(
+        backbone, data_csv, out, teacher={"finetune": {"enabled": True, "steps": 8, "batch_size": 8}}
+    )
     recipe = write_recipe(tmp_path / "r.yaml", raw)
 
     # Without the fine-tuning stage, a backbone is refused: it has no trained head.
@@ -129,8 +140,11 @@ def test_resume_continues_exactly(tmp_path, teacher_dir, data_csv):
     # What a run stopped after step 4 leaves behind: its config and checkpoint.
     resumed = tmp_path / "resumed"
     (resumed / "stages" / "distill" / "checkpoints").mkdir(parents=True)
-    shutil.copytree(straight / "stages" / "distill" / "checkpoints" / "step_4", resumed / "stages" / "distill" / "checkpoints" / "step_4")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    shutil.copytree(
+        straight / "stages" / "distill" / "checkpoints" / "step_4",
+        resumed / "stages" / "distill" / "checkpoints" / "step_4",
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, "-m", "distill.cli", "run", str(recipe), f"output.dir={resumed}", "--resume"],
         capture_output=True,
@@ -157,7 +171,9 @@ def test_resume_continues_exactly(tmp_path, teacher_dir, data_csv):
 
 def test_checkpoints_hold_no_teacher(tmp_path, teacher_dir, data_csv):
     out = tmp_path / "out"
-    raw = recipe_dict(teacher_dir, data_csv, out, train={"steps": 3, "checkpoint_every": 2}, eval={"latency": False})
+    raw = recipe_dict(
+        teacher_dir, data_csv, out, train={"steps": 3, "checkpoint_every": 2}, eval={"latency": False}
+    )
     assert run_cli("run", write_recipe(tmp_path / "r.yaml", raw)) == 0
     checkpoint = out / "stages" / "distill" / "checkpoints" / "step_2"
     model_files = sorted(p.name for p in checkpoint.iterdir() if p.name.startswith("model"))
@@ -192,7 +208,10 @@ def bad_input_cases(tmp_path, teacher_dir, data_csv):
     return {
         "missing data file": (["data.files.train=/no/such.csv"], "data.files.train: file not found"),
         "unknown column": (["data.text_column=tweet"], "data.text_column: no column 'tweet'"),
-        "label outside the label set": ([f"data.files={{train: {data_csv}, test: {bad_label}}}"], "label 'sarcastic' in split 'test'"),
+        "label outside the label set": (
+            [f"data.files={{train: {data_csv}, test: {bad_label}}}"],
+            "label 'sarcastic' in split 'test'",
+        ),
         "empty split": ([f"data.files={{train: {data_csv}, test: {empty}}}"], "the test split is empty"),
         "mismatched tokenizers": (
             ["student.init=pretrained", f"student.name_or_path={other_tok}"],
@@ -218,9 +237,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, teacher_dir, 
 def test_uncached_hub_id_offline_is_one_line(tmp_path, data_csv):
     out = tmp_path / "out"
     recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(Path("nobody/not-a-cached-model"), data_csv, out))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "distill.cli", "run", str(recipe)], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-m", "distill.cli", "run", str(recipe)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -234,6 +262,8 @@ def test_training_split_smaller_than_a_batch(tmp_path, teacher_dir, capsys):
     """A training split smaller than one batch is refused with a clear message."""
     data = write_csv(tmp_path / "small.csv", sentiment_rows(30))
     out = tmp_path / "out"
-    raw = recipe_dict(teacher_dir, data, out, data={"validation_size": 5, "test_size": 5}, train={"batch_size": 32})
+    raw = recipe_dict(
+        teacher_dir, data, out, data={"validation_size": 5, "test_size": 5}, train={"batch_size": 32}
+    )
     assert run_cli("run", write_recipe(tmp_path / "r.yaml", raw)) == 2
     assert "fewer than one global batch (32 x 1 processes)" in capsys.readouterr().err

@@ -30,7 +30,13 @@ def test_defaults_and_types(tmp_path):
 def test_dotted_overrides_are_typed(tmp_path):
     cfg = load_recipe(
         recipe(tmp_path),
-        ["loss.alpha=0.7", "train.steps=12", "student.layers=[0,5]", "teacher.finetune.enabled=true", "loss.layer_map={0: 1}"],
+        [
+            "loss.alpha=0.7",
+            "train.steps=12",
+            "student.layers=[0,5]",
+            "teacher.finetune.enabled=true",
+            "loss.layer_map={0: 1}",
+        ],
     )
     assert cfg.loss.alpha == 0.7
     assert cfg.train.steps == 12
@@ -40,7 +46,9 @@ def test_dotted_overrides_are_typed(tmp_path):
 
 
 def test_unknown_key_names_it_and_suggests(tmp_path):
-    with pytest.raises(DistillError, match=r"unknown key 'loss.temprature' \(did you mean 'loss.temperature'\?\)"):
+    with pytest.raises(
+        DistillError, match=r"unknown key 'loss.temprature' \(did you mean 'loss.temperature'\?\)"
+    ):
         load_recipe(recipe(tmp_path), ["loss.temprature=3"])
     with pytest.raises(DistillError, match=r"unknown key 'trian'.*did you mean 'train'"):
         load_recipe(recipe(tmp_path, {"trian": {"steps": 3}}))
@@ -56,7 +64,10 @@ def test_unknown_key_names_it_and_suggests(tmp_path):
         ("train.steps=ten", r"train.steps: expected an integer, got 'ten'"),
         ("train.steps=2.5", r"train.steps: expected an integer"),
         ("teacher.finetune.enabled=maybe", r"teacher.finetune.enabled: expected true or false"),
-        ("loss.soft=kll", r"loss.soft: must be one of kl, reverse_kl, jsd; got 'kll' \(did you mean 'kl'\?\)"),
+        (
+            "loss.soft=kll",
+            r"loss.soft: must be one of kl, reverse_kl, jsd; got 'kll' \(did you mean 'kl'\?\)",
+        ),
         ("train.mixed_precision=fp8", r"train.mixed_precision: must be one of"),
         ("student.layers=[1,1]", r"student.layers: .* names a layer twice"),
         ("loss.hidden_weight=1.0", r"loss.hidden: choose mse or cosine"),
@@ -77,7 +88,9 @@ def test_error_is_one_line(tmp_path):
 
 def test_layer_indices_checked_against_teacher(tmp_path):
     cfg = load_recipe(recipe(tmp_path), ["student.layers=[0,6]"])
-    with pytest.raises(DistillError, match=r"student.layers: layer 6 does not exist; the teacher has 6 layers \(0-5\)"):
+    with pytest.raises(
+        DistillError, match=r"student.layers: layer 6 does not exist; the teacher has 6 layers \(0-5\)"
+    ):
         check_against_teacher(cfg, num_teacher_layers=6, num_student_layers=2)
     check_against_teacher(cfg, num_teacher_layers=7, num_student_layers=2)
     cfg = load_recipe(recipe(tmp_path), ["loss.layer_map={0: 9}"])

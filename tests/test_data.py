@@ -9,13 +9,21 @@ from distill.tasks import classification
 
 
 def cfg(path, **kw):
-    base = dict(files={"train": str(path)}, text_column="text", label_column="sentiment", validation_size=20, test_size=30)
+    base = dict(
+        files={"train": str(path)},
+        text_column="text",
+        label_column="sentiment",
+        validation_size=20,
+        test_size=30,
+    )
     base.update(kw)
     return DataConfig(**base)
 
 
 def test_carved_splits_are_seeded_disjoint_and_sized(tmp_path):
-    path = write_csv(tmp_path / "d.csv", [{"text": f"text number {i}", "sentiment": LABELS[i % 3]} for i in range(200)])
+    path = write_csv(
+        tmp_path / "d.csv", [{"text": f"text number {i}", "sentiment": LABELS[i % 3]} for i in range(200)]
+    )
     a = load_raw(cfg(path))
     b = load_raw(cfg(path))
     assert (len(a["train"]), len(a["validation"]), len(a["test"])) == (150, 20, 30)
@@ -27,7 +35,9 @@ def test_carved_splits_are_seeded_disjoint_and_sized(tmp_path):
 
 
 def test_fractions_and_existing_splits(tmp_path):
-    train = write_csv(tmp_path / "train.csv", [{"text": f"t {i}", "sentiment": "positive"} for i in range(100)])
+    train = write_csv(
+        tmp_path / "train.csv", [{"text": f"t {i}", "sentiment": "positive"} for i in range(100)]
+    )
     test = write_csv(tmp_path / "test.csv", [{"text": f"x {i}", "sentiment": "negative"} for i in range(10)])
     out = load_raw(cfg(train, files={"train": str(train), "test": str(test)}, validation_size=0.1))
     assert len(out["test"]) == 10 and out["test"]["text"][0] == "x 0"  # given test split used as is
@@ -58,8 +68,13 @@ def test_dedupe_drops_repeats_conflicts_and_leaks(tmp_path):
 
 
 def test_drop_train_rows_also_in_given_test(tmp_path):
-    train = write_csv(tmp_path / "train.csv", [{"text": f"t {i}", "sentiment": "positive"} for i in range(50)])
-    test = write_csv(tmp_path / "test.csv", [{"text": "T 3", "sentiment": "positive"}, {"text": "new", "sentiment": "negative"}])
+    train = write_csv(
+        tmp_path / "train.csv", [{"text": f"t {i}", "sentiment": "positive"} for i in range(50)]
+    )
+    test = write_csv(
+        tmp_path / "test.csv",
+        [{"text": "T 3", "sentiment": "positive"}, {"text": "new", "sentiment": "negative"}],
+    )
     out = load_raw(cfg(train, files={"train": str(train), "test": str(test)}, dedupe=True, validation_size=5))
     assert "t 3" not in list(out["train"]["text"]) + list(out["validation"]["text"])
 
@@ -76,7 +91,9 @@ def test_labels_from_strings_are_sorted_names(tmp_path):
     raw_cfg.label_names = ["positive", "negative", "neutral"]
     splits, names = classification.prepare_targets(raw, raw_cfg, None, head_trained=False)
     assert names == ["positive", "negative", "neutral"]
-    assert all(names[i] == t for t, i in zip(splits["train"]["sentiment"], splits["train"]["labels"], strict=True))
+    assert all(
+        names[i] == t for t, i in zip(splits["train"]["sentiment"], splits["train"]["labels"], strict=True)
+    )
 
 
 def test_labels_follow_a_trained_teachers_order(tmp_path):
@@ -85,12 +102,19 @@ def test_labels_follow_a_trained_teachers_order(tmp_path):
     teacher = BertConfig(num_labels=3, id2label={0: "Positive", 1: "Negative", 2: "Neutral"})
     splits, names = classification.prepare_targets(raw, cfg(path), teacher, head_trained=True)
     assert names == ["Positive", "Negative", "Neutral"]
-    assert all(names[i].lower() == t for t, i in zip(splits["train"]["sentiment"], splits["train"]["labels"], strict=True))
+    assert all(
+        names[i].lower() == t
+        for t, i in zip(splits["train"]["sentiment"], splits["train"]["labels"], strict=True)
+    )
     other = BertConfig(num_labels=3, id2label={0: "spam", 1: "ham", 2: "eggs"})
-    with pytest.raises(DistillError, match=r"the teacher's labels \['spam', 'ham', 'eggs'\] differ from the data's"):
+    with pytest.raises(
+        DistillError, match=r"the teacher's labels \['spam', 'ham', 'eggs'\] differ from the data's"
+    ):
         classification.prepare_targets(raw, cfg(path), other, head_trained=True)
     two = BertConfig(num_labels=2)
-    with pytest.raises(DistillError, match=r"teacher's head has 2 labels .* data has 3 .*teacher.finetune.enabled=true"):
+    with pytest.raises(
+        DistillError, match=r"teacher's head has 2 labels .* data has 3 .*teacher.finetune.enabled=true"
+    ):
         classification.prepare_targets(raw, cfg(path), two, head_trained=True)
 
 
@@ -117,7 +141,10 @@ def test_unknown_string_label_in_test_split(tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (dict(text_column="tweet"), r"data.text_column: no column 'tweet' in split 'train' \(columns: text, sentiment\)"),
+        (
+            dict(text_column="tweet"),
+            r"data.text_column: no column 'tweet' in split 'train' \(columns: text, sentiment\)",
+        ),
         (dict(label_column="y"), r"data.label_column: no column 'y'"),
         (dict(files={"train": "/no/such/file.csv"}), r"data.files.train: file not found: /no/such/file.csv"),
         (dict(files={"train": "/tmp/x.txt"}), None),
@@ -150,6 +177,8 @@ def test_json_and_latin1_csv(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in sentiment_rows(60)))
     assert len(load_raw(cfg(path))["train"]) == 10
     latin = tmp_path / "latin.csv"
-    latin.write_bytes("text,sentiment\n".encode() + "".join(f"caf\xe9 {i},positive\n" for i in range(60)).encode("latin-1"))
+    latin.write_bytes(
+        b"text,sentiment\n" + "".join(f"caf\xe9 {i},positive\n" for i in range(60)).encode("latin-1")
+    )
     out = load_raw(cfg(latin, encoding="latin-1"))
     assert any("café" in t for t in out["train"]["text"])

@@ -20,7 +20,12 @@ def free_port() -> int:
 
 
 def launch(cmd, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -40,7 +45,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, data_csv):
     recipe = write_recipe(tmp_path / "r.yaml", raw)
     one, two = tmp_path / "one", tmp_path / "two"
     launch(
-        [sys.executable, "-m", "distill.cli", "run", str(recipe), f"output.dir={one}", "train.batch_size=8"], tmp_path
+        [sys.executable, "-m", "distill.cli", "run", str(recipe), f"output.dir={one}", "train.batch_size=8"],
+        tmp_path,
     )
     # `accelerate launch --cpu --num_processes 2` starts one process; torchrun starts two.
     launch(

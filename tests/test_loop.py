@@ -41,9 +41,16 @@ def run_steps(tokenized, tmp_path, *, batch_size, accum, steps=1, loss=None, lr=
     tok, data = tokenized
     teacher, student = models()
     before = copy.deepcopy(teacher.state_dict())
-    accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=1))
+    accelerator = Accelerator(
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=1)
+    )
     cfg = TrainConfig(
-        steps=steps, batch_size=batch_size, gradient_accumulation_steps=accum, learning_rate=lr, warmup_ratio=0.0, seed=1
+        steps=steps,
+        batch_size=batch_size,
+        gradient_accumulation_steps=accum,
+        learning_rate=lr,
+        warmup_ratio=0.0,
+        seed=1,
     )
     step = LossStep(task, loss or LossConfig(alpha=0.5, temperature=2.0), teacher=teacher)
     model, result = train(
@@ -79,10 +86,12 @@ def grads_for(tokenized, split_sizes, loss):
     return {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}, totals
 
 
-@pytest.mark.parametrize("loss", [LossConfig(alpha=0.5, temperature=2.0), LossConfig(soft="jsd", alpha=0.9, temperature=4.0)])
+@pytest.mark.parametrize(
+    "loss", [LossConfig(alpha=0.5, temperature=2.0), LossConfig(soft="jsd", alpha=0.9, temperature=4.0)]
+)
 def test_accumulation_gives_the_gradient_of_one_big_batch(tokenized, loss):
     whole, totals = grads_for(tokenized, [8], loss)
-    assert totals["items"] == 8
+    assert totals["items"].item() == 8
     for sizes in ([4, 4], [2, 2, 2, 2], [5, 3], [1, 7]):
         split, _ = grads_for(tokenized, sizes, loss)
         for name, g in whole.items():
@@ -122,7 +131,9 @@ def test_loss_step_terms(tokenized):
 
     # No teacher (fine-tuning, baselines): plain summed CE.
     plain = LossStep(task)(student.eval(), batch)
-    assert plain["loss"].item() == pytest.approx(hard_ce(student(**task.model_inputs(batch)).logits, batch["labels"]).item(), rel=1e-5)
+    assert plain["loss"].item() == pytest.approx(
+        hard_ce(student(**task.model_inputs(batch)).logits, batch["labels"]).item(), rel=1e-5
+    )
 
     # The soft term has gradients for the student, none for the teacher.
     student.train()
@@ -137,12 +148,16 @@ def test_hidden_state_loss_with_projection(tokenized):
     tok, data = tokenized
     batch = task.collator(tok)([data["train"][i] for i in range(4)])
     teacher, _ = models()
-    narrow = BertForSequenceClassification(tiny_bert_config(33, hidden_size=16, num_hidden_layers=2, intermediate_size=32))
+    narrow = BertForSequenceClassification(
+        tiny_bert_config(33, hidden_size=16, num_hidden_layers=2, intermediate_size=32)
+    )
     projection = HiddenProjection({0: 1, 1: 3}, 16, 32)
     loss = LossConfig(alpha=0.0, hidden="mse", hidden_weight=2.0)
     terms = LossStep(task, loss, teacher=teacher, projection=projection)(narrow, batch)
     assert terms["hidden"].item() > 0
-    assert terms["loss"].item() == pytest.approx(terms["hard"].item() + 2.0 * terms["hidden"].item(), rel=1e-5)
+    assert terms["loss"].item() == pytest.approx(
+        terms["hard"].item() + 2.0 * terms["hidden"].item(), rel=1e-5
+    )
     terms["loss"].backward()
     assert projection.proj["0"].weight.grad is not None and projection.proj["0"].weight.grad.abs().sum() > 0
     # Same width and the same layers: the copied student matches the teacher's hidden states exactly.
@@ -150,5 +165,7 @@ def test_hidden_state_loss_with_projection(tokenized):
     same = LossStep(task, loss, teacher=teacher, projection=HiddenProjection({1: 3}, 32, 32))(twin, batch)
     assert same["hidden"].item() > 0  # layer 1 of the twin sees other inputs than teacher layer 3 ...
     full = copy_layers(teacher, [0, 1, 2, 3]).eval()
-    exact = LossStep(task, loss, teacher=teacher, projection=HiddenProjection({0: 0, 3: 3}, 32, 32))(full, batch)
+    exact = LossStep(task, loss, teacher=teacher, projection=HiddenProjection({0: 0, 3: 3}, 32, 32))(
+        full, batch
+    )
     assert exact["hidden"].abs().item() < 1e-8  # ... but a full copy matches layer for layer

@@ -39,7 +39,9 @@ def test_copied_layers_equal_the_teachers(teacher):
         assert s_layer.keys() == t_layer.keys()
         for k in s_layer:
             assert torch.equal(s_layer[k], t_layer[k]), k
-    assert torch.equal(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
+    assert torch.equal(
+        student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight
+    )
     assert torch.equal(student.classifier.weight, teacher.classifier.weight)
     # A copy, not shared storage: training the student leaves the teacher alone.
     student.classifier.weight.data.add_(1.0)
@@ -53,13 +55,18 @@ def test_copy_of_all_layers_reproduces_the_teacher(teacher):
 
 
 def test_build_student_from_config_overrides(teacher):
-    spec = StudentConfig(init="from_config", config_overrides={"num_hidden_layers": 3, "hidden_size": 16, "intermediate_size": 32})
+    spec = StudentConfig(
+        init="from_config",
+        config_overrides={"num_hidden_layers": 3, "hidden_size": 16, "intermediate_size": 32},
+    )
     student, copied = build_student(spec, teacher, AutoModelForSequenceClassification, {"num_labels": 3})
     assert copied is None
     assert student.config.num_hidden_layers == 3 and student.config.hidden_size == 16
     assert student.config.vocab_size == teacher.config.vocab_size
     spec = StudentConfig(init="from_config", config_overrides={"num_hiden_layers": 3})
-    with pytest.raises(DistillError, match=r"student.config_overrides.num_hiden_layers: .*did you mean 'num_hidden_layers'"):
+    with pytest.raises(
+        DistillError, match=r"student.config_overrides.num_hiden_layers: .*did you mean 'num_hidden_layers'"
+    ):
         build_student(spec, teacher, AutoModelForSequenceClassification, {"num_labels": 3})
 
 
@@ -79,11 +86,16 @@ def test_default_layer_map():
 def test_tokenizer_check(tmp_path):
     a = make_tokenizer(tmp_path / "a")
     check_same_tokenizer(a, make_tokenizer(tmp_path / "b"))
-    with pytest.raises(DistillError, match=r"tokenizer differs.*vocabulary sizes 33 vs 34; only in the student's: \['zebra'\]"):
+    with pytest.raises(
+        DistillError,
+        match=r"tokenizer differs.*vocabulary sizes 33 vs 34; only in the student's: \['zebra'\]",
+    ):
         check_same_tokenizer(a, make_tokenizer(tmp_path / "c", extra=["zebra"]))
     d = make_tokenizer(tmp_path / "d")
     d.add_special_tokens({"pad_token": "[MASK]"})
-    with pytest.raises(DistillError, match=r"special token pad_token is \('\[PAD\]', 0\) in the teacher's, \('\[MASK\]', 4\)"):
+    with pytest.raises(
+        DistillError, match=r"special token pad_token is \('\[PAD\]', 0\) in the teacher's, \('\[MASK\]', 4\)"
+    ):
         check_same_tokenizer(a, d)
 
 
@@ -92,7 +104,9 @@ def test_pkg_paths_resolve_without_importing(tmp_path):
 
     assert resolve_path("some/hub-id") == "some/hub-id"
     assert resolve_path("pkg:distill/tasks").endswith("distill/tasks")
-    with pytest.raises(DistillError, match=r"package 'no_such_pkg' is not installed \(pip install no-such-pkg\)"):
+    with pytest.raises(
+        DistillError, match=r"package 'no_such_pkg' is not installed \(pip install no-such-pkg\)"
+    ):
         resolve_path("pkg:no_such_pkg/model")
     with pytest.raises(DistillError, match="does not exist in the installed package"):
         resolve_path("pkg:distill/missing-folder")

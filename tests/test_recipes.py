@@ -28,7 +28,9 @@ def test_recipe_documents_itself_and_loads(path):
 
 
 def test_quickstart_validates_offline(tmp_path):
-    cfg = load_recipe(RECIPES[[p.stem for p in RECIPES].index("quickstart")], [f"output.dir={tmp_path / 'qs'}"])
+    cfg = load_recipe(
+        RECIPES[[p.stem for p in RECIPES].index("quickstart")], [f"output.dir={tmp_path / 'qs'}"]
+    )
     plan = prepare(cfg)
     assert plan.label_names == ["negative", "neutral", "positive"]
     assert len(plan.splits["test"]) == 2000 and len(plan.splits["validation"]) == 1000
@@ -47,7 +49,13 @@ def test_hub_recipe_validates_against_local_stand_ins(path, tmp_path):
     raw = yaml.safe_load(path.read_text())
     cfg = load_recipe(path)
     assert "/" in cfg.teacher.name_or_path and (cfg.data.dataset or cfg.data.files)
-    teacher = save_tiny_bert(tmp_path / "teacher", num_hidden_layers=12, num_labels=2, id2label={0: "LABEL_0", 1: "LABEL_1"}, label2id={"LABEL_0": 0, "LABEL_1": 1})
+    teacher = save_tiny_bert(
+        tmp_path / "teacher",
+        num_hidden_layers=12,
+        num_labels=2,
+        id2label={0: "LABEL_0", 1: "LABEL_1"},
+        label2id={"LABEL_0": 0, "LABEL_1": 1},
+    )
     data = cfg.data
     rows = [{data.text_column: f"good movie number {i}", data.label_column: i % 2} for i in range(3000)]
     files = {data.train_split: str(write_csv(tmp_path / "train.csv", rows))}

@@ -23,7 +23,9 @@ PRIMARY_METRIC = "accuracy"
 _GENERIC_LABEL = re.compile(r"^LABEL_\d+$")
 
 
-def prepare_targets(raw: DatasetDict, cfg: DataConfig, teacher_config: Any, head_trained: bool) -> tuple[DatasetDict, list[str]]:
+def prepare_targets(
+    raw: DatasetDict, cfg: DataConfig, teacher_config: Any, head_trained: bool
+) -> tuple[DatasetDict, list[str]]:
     """Give every split an integer ``labels`` column and decide the label names (id ``i`` is ``names[i]``).
 
     The order comes from ``data.label_names``, else the data (a ``ClassLabel``'s names, sorted
@@ -38,7 +40,9 @@ def prepare_targets(raw: DatasetDict, cfg: DataConfig, teacher_config: Any, head
     elif isinstance(feature, Value) and feature.dtype.startswith(("int", "uint")):
         kind, data_names = "ids", None
     else:
-        raise DistillError(f"data.label_column: '{cfg.label_column}' must hold label names or integer ids, not {feature}")
+        raise DistillError(
+            f"data.label_column: '{cfg.label_column}' must hold label names or integer ids, not {feature}"
+        )
 
     if cfg.label_names is not None:
         names = list(cfg.label_names)
@@ -48,13 +52,17 @@ def prepare_targets(raw: DatasetDict, cfg: DataConfig, teacher_config: Any, head
         names = [str(i) for i in range(int(max(raw["train"][cfg.label_column])) + 1)]
 
     if head_trained:
-        names = _align_with_teacher(names, teacher_config, explicit=cfg.label_names is not None or data_names is not None)
+        names = _align_with_teacher(
+            names, teacher_config, explicit=cfg.label_names is not None or data_names is not None
+        )
 
     index = {name: i for i, name in enumerate(names)}
     folded = {name.casefold(): i for i, name in enumerate(names)}
     # Integer labels: the data's id -> its name -> our id (the teacher may have changed the order).
     source_names = cfg.label_names if cfg.label_names is not None else data_names
-    by_data_id = None if kind == "names" or source_names is None else [folded[n.casefold()] for n in source_names]
+    by_data_id = (
+        None if kind == "names" or source_names is None else [folded[n.casefold()] for n in source_names]
+    )
 
     def encode(values: list[Any], split: str) -> list[int]:
         out = []
@@ -62,7 +70,9 @@ def prepare_targets(raw: DatasetDict, cfg: DataConfig, teacher_config: Any, head
             if kind == "names":
                 i = index.get(str(v), folded.get(str(v).casefold()))
                 if i is None:
-                    raise DistillError(f"data: label '{v}' in split '{split}' is not one of the labels {names}")
+                    raise DistillError(
+                        f"data: label '{v}' in split '{split}' is not one of the labels {names}"
+                    )
             else:
                 v = int(v)
                 if not 0 <= v < len(names):
