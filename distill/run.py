@@ -114,6 +114,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
     with accelerator.main_process_first():
         plan = prepare(cfg)
     task, out = plan.task, Path(cfg.output.dir)
+    set_seed(cfg.train.seed)  # a new task head is initialised while loading the teacher
     teacher = _load_teacher(plan)
     _check_output_folder(out, resume=resume, overwrite=cfg.output.overwrite)
 

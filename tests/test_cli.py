@@ -100,6 +100,11 @@ def test_finetune_stage_saves_and_reuses_the_teacher(tmp_path, data_csv, capsys)
     assert second["teacher"]["accuracy"] == first["teacher"]["accuracy"]
     assert second["student"] == {**second["student"], "accuracy": first["student"]["accuracy"]}
 
+    # A fresh run with the same recipe fine-tunes the same teacher, bit for bit (head init seeded).
+    assert run_cli("run", recipe, f"output.dir={tmp_path / 'again'}") == 0
+    again = load_file(tmp_path / "again" / "teacher" / "model.safetensors")
+    assert all(torch.equal(saved[k], again[k]) for k in saved)
+
     # Changed fine-tuning settings do not silently reuse the old teacher.
     assert run_cli("run", recipe, "output.overwrite=true", "teacher.finetune.steps=9") == 2
     assert "was fine-tuned with other settings (teacher.finetune.steps changed)" in capsys.readouterr().err
