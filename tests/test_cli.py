@@ -263,6 +263,34 @@ def test_uncached_hub_id_offline_is_one_line(tmp_path, data_csv):
     assert not out.exists()
 
 
+def test_uncached_hub_dataset_offline_is_one_line(tmp_path, teacher_dir, data_csv):
+    out = tmp_path / "out"
+    raw = recipe_dict(teacher_dir, data_csv, out)
+    raw["data"]["files"] = {}
+    raw["data"]["dataset"] = "nobody/not-a-cached-dataset"
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "validate", str(recipe)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "distill: error: cannot load dataset 'nobody/not-a-cached-dataset'"
+    )
+    assert not out.exists()
+
+
 def test_training_split_smaller_than_a_batch(tmp_path, teacher_dir, capsys):
     """A training split smaller than one batch is refused with a clear message."""
     data = write_csv(tmp_path / "small.csv", sentiment_rows(30))

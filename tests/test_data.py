@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from conftest import LABELS, sentiment_rows, write_csv
 from transformers import BertConfig
@@ -182,3 +184,36 @@ def test_json_and_latin1_csv(tmp_path):
     )
     out = load_raw(cfg(latin, encoding="latin-1"))
     assert any("café" in t for t in out["train"]["text"])
+
+
+def test_parquet_files(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "d.parquet"
+    pd.DataFrame(sentiment_rows(60)).to_parquet(path)
+    out = load_raw(cfg(path, validation_size=10, test_size=10))
+    assert (len(out["train"]), len(out["validation"]), len(out["test"])) == (40, 10, 10)
+
+
+def test_tokenization_is_cached_and_reused(tmp_path):
+    from conftest import make_tokenizer
+
+    path = write_csv(tmp_path / "d.csv", sentiment_rows(90))
+    data = cfg(path, max_length=6)
+    tok = make_tokenizer(tmp_path / "tok")
+    first = classification.tokenize(
+        classification.prepare_targets(load_raw(data), data, None, False)[0], tok, data
+    )
+    files = [f["filename"] for f in first["train"].cache_files]
+    assert files and all(Path(f).is_file() for f in files)
+    mtimes = [Path(f).stat().st_mtime_ns for f in files]
+    again = classification.tokenize(
+        classification.prepare_targets(load_raw(data), data, None, False)[0], tok, data
+    )
+    assert [f["filename"] for f in again["train"].cache_files] == files
+    assert [Path(f).stat().st_mtime_ns for f in files] == mtimes  # read back, not recomputed
+    assert max(len(ids) for ids in again["train"]["input_ids"]) == 6  # truncated to max_length
+    other = classification.tokenize(
+        classification.prepare_targets(load_raw(data), data, None, False)[0], tok, cfg(path, max_length=4)
+    )
+    assert [f["filename"] for f in other["train"].cache_files] != files  # other settings, other cache
