@@ -8,16 +8,14 @@ typo). Checks that need the teacher's config (layer indices) live in :func:`chec
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
 from distill.errors import DistillError
+from distill.typed_config import build, in_range, non_negative, one_of, positive
 
 TASKS = ("classification",)
 SOFT_LOSSES = ("kl", "reverse_kl", "jsd")
@@ -45,12 +43,12 @@ class FinetuneConfig:
     eval_every: int = 0  # evaluate on the validation split every N steps (0: only at the end)
 
     def check(self, key: str) -> None:
-        _positive(f"{key}.steps", self.steps)
-        _positive(f"{key}.batch_size", self.batch_size)
-        _positive(f"{key}.learning_rate", self.learning_rate)
-        _in_range(f"{key}.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
-        _non_negative(f"{key}.weight_decay", self.weight_decay)
-        _non_negative(f"{key}.eval_every", self.eval_every)
+        positive(f"{key}.steps", self.steps)
+        positive(f"{key}.batch_size", self.batch_size)
+        positive(f"{key}.learning_rate", self.learning_rate)
+        in_range(f"{key}.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        non_negative(f"{key}.weight_decay", self.weight_decay)
+        non_negative(f"{key}.eval_every", self.eval_every)
 
 
 @dataclass
@@ -64,7 +62,7 @@ class TeacherConfig:
     def check(self, key: str) -> None:
         if not self.name_or_path:
             raise DistillError(f"{key}.name_or_path: required (a hub id or a local folder)")
-        _one_of(f"{key}.dtype", self.dtype, TEACHER_DTYPES)
+        one_of(f"{key}.dtype", self.dtype, TEACHER_DTYPES)
         self.finetune.check(f"{key}.finetune")
 
 
@@ -79,8 +77,8 @@ class StudentConfig:
     name_or_path: str = ""  # pretrained: hub id or local folder of the student
 
     def check(self, key: str) -> None:
-        _one_of(f"{key}.init", self.init, STUDENT_INITS)
-        _positive(f"{key}.num_layers", self.num_layers)
+        one_of(f"{key}.init", self.init, STUDENT_INITS)
+        positive(f"{key}.num_layers", self.num_layers)
         if self.layers is not None:
             if not self.layers:
                 raise DistillError(f"{key}.layers: must name at least one teacher layer")
@@ -141,9 +139,9 @@ class DataConfig:
                 raise DistillError(
                     f"{key}.{name}: must be a fraction in [0, 1) or a whole number of examples, got {value}"
                 )
-        _positive(f"{key}.max_length", self.max_length)
-        _non_negative(f"{key}.max_train_examples", self.max_train_examples)
-        _non_negative(f"{key}.max_eval_examples", self.max_eval_examples)
+        positive(f"{key}.max_length", self.max_length)
+        non_negative(f"{key}.max_train_examples", self.max_train_examples)
+        non_negative(f"{key}.max_eval_examples", self.max_eval_examples)
 
 
 @dataclass
@@ -163,13 +161,13 @@ class LossConfig:
     layer_map: dict[int, int] | None = None  # student layer -> teacher layer (default: the copied layers)
 
     def check(self, key: str) -> None:
-        _one_of(f"{key}.soft", self.soft, SOFT_LOSSES)
-        _positive(f"{key}.temperature", self.temperature)
-        _in_range(f"{key}.alpha", self.alpha, 0.0, 1.0)
-        _in_range(f"{key}.jsd_beta", self.jsd_beta, 0.0, 1.0)
+        one_of(f"{key}.soft", self.soft, SOFT_LOSSES)
+        positive(f"{key}.temperature", self.temperature)
+        in_range(f"{key}.alpha", self.alpha, 0.0, 1.0)
+        in_range(f"{key}.jsd_beta", self.jsd_beta, 0.0, 1.0)
         if self.hidden:
-            _one_of(f"{key}.hidden", self.hidden, HIDDEN_LOSSES)
-        _non_negative(f"{key}.hidden_weight", self.hidden_weight)
+            one_of(f"{key}.hidden", self.hidden, HIDDEN_LOSSES)
+        non_negative(f"{key}.hidden_weight", self.hidden_weight)
         if self.hidden_weight > 0 and not self.hidden:
             raise DistillError(f"{key}.hidden: choose mse or cosine when {key}.hidden_weight > 0")
         if self.layer_map is not None and any(i < 0 for pair in self.layer_map.items() for i in pair):
@@ -196,19 +194,19 @@ class TrainConfig:
     log_every: int = 10  # log losses to TensorBoard every N steps
 
     def check(self, key: str) -> None:
-        _positive(f"{key}.steps", self.steps)
-        _positive(f"{key}.batch_size", self.batch_size)
-        _positive(f"{key}.gradient_accumulation_steps", self.gradient_accumulation_steps)
-        _positive(f"{key}.learning_rate", self.learning_rate)
-        _non_negative(f"{key}.weight_decay", self.weight_decay)
-        _in_range(f"{key}.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
-        _one_of(f"{key}.lr_scheduler", self.lr_scheduler, SCHEDULERS)
-        _non_negative(f"{key}.max_grad_norm", self.max_grad_norm)
-        _one_of(f"{key}.mixed_precision", self.mixed_precision, PRECISIONS)
-        _non_negative(f"{key}.eval_every", self.eval_every)
-        _non_negative(f"{key}.checkpoint_every", self.checkpoint_every)
-        _positive(f"{key}.keep_checkpoints", self.keep_checkpoints)
-        _positive(f"{key}.log_every", self.log_every)
+        positive(f"{key}.steps", self.steps)
+        positive(f"{key}.batch_size", self.batch_size)
+        positive(f"{key}.gradient_accumulation_steps", self.gradient_accumulation_steps)
+        positive(f"{key}.learning_rate", self.learning_rate)
+        non_negative(f"{key}.weight_decay", self.weight_decay)
+        in_range(f"{key}.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        one_of(f"{key}.lr_scheduler", self.lr_scheduler, SCHEDULERS)
+        non_negative(f"{key}.max_grad_norm", self.max_grad_norm)
+        one_of(f"{key}.mixed_precision", self.mixed_precision, PRECISIONS)
+        non_negative(f"{key}.eval_every", self.eval_every)
+        non_negative(f"{key}.checkpoint_every", self.checkpoint_every)
+        positive(f"{key}.keep_checkpoints", self.keep_checkpoints)
+        positive(f"{key}.log_every", self.log_every)
 
 
 @dataclass
@@ -223,11 +221,11 @@ class EvalConfig:
     latency_threads: int = 0  # torch threads while timing (0: torch's default)
 
     def check(self, key: str) -> None:
-        _positive(f"{key}.batch_size", self.batch_size)
-        _positive(f"{key}.latency_batch_size", self.latency_batch_size)
-        _positive(f"{key}.latency_examples", self.latency_examples)
-        _positive(f"{key}.latency_repeats", self.latency_repeats)
-        _non_negative(f"{key}.latency_threads", self.latency_threads)
+        positive(f"{key}.batch_size", self.batch_size)
+        positive(f"{key}.latency_batch_size", self.latency_batch_size)
+        positive(f"{key}.latency_examples", self.latency_examples)
+        positive(f"{key}.latency_repeats", self.latency_repeats)
+        non_negative(f"{key}.latency_threads", self.latency_threads)
 
 
 @dataclass
@@ -257,7 +255,7 @@ class RecipeConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def check(self) -> None:
-        _one_of("task", self.task, TASKS)
+        one_of("task", self.task, TASKS)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
@@ -286,7 +284,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def from_dict(raw: dict[str, Any]) -> RecipeConfig:
     """Build and check a :class:`RecipeConfig` from plain data (unknown keys are errors)."""
-    cfg = _build(RecipeConfig, raw, prefix="")
+    cfg = build(RecipeConfig, raw, prefix="")
     cfg.check()
     return cfg
 
@@ -322,97 +320,6 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
             raise DistillError(f"override '{key}': '{'.'.join(parts[: i + 1])}' is not a section")
         node = child
     node[parts[-1]] = value
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "recipe"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise DistillError(f"{where}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in raw.items():
-        full = f"{prefix}{key}"
-        if key not in fields:
-            raise DistillError(_unknown_key_message(full, key, fields, prefix))
-        kwargs[key] = _coerce(hints[key], value, full)
-    return cls(**kwargs)
-
-
-def _unknown_key_message(full: str, key: str, fields: dict[str, Any], prefix: str) -> str:
-    close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-    valid = ", ".join(fields)
-    return f"unknown key '{full}'{hint}; valid keys here: {valid}"
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, prefix=f"{key}.")
-    if origin in (Union, types.UnionType):
-        non_none = [a for a in args if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(non_none[0], value, key)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise DistillError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise DistillError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise DistillError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise DistillError(f"{key}: expected a string, got {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise DistillError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise DistillError(f"{key}: expected a mapping, got {value!r}")
-        return {
-            _coerce(args[0], k, f"{key} key"): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()
-        }
-    raise TypeError(f"unsupported config type {tp} for {key}")
-
-
-def _positive(key: str, value: float) -> None:
-    if not value > 0:
-        raise DistillError(f"{key}: must be > 0, got {value}")
-
-
-def _non_negative(key: str, value: float) -> None:
-    if value < 0:
-        raise DistillError(f"{key}: must be >= 0, got {value}")
-
-
-def _in_range(key: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise DistillError(f"{key}: must be in [{low:g}, {high:g}], got {value}")
-
-
-def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(value, choices, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise DistillError(f"{key}: must be one of {', '.join(choices)}; got '{value}'{hint}")
 
 
 def check_against_teacher(cfg: RecipeConfig, num_teacher_layers: int, num_student_layers: int) -> None:

@@ -25,19 +25,18 @@ from distill import tasks
 from distill.config import RecipeConfig, TrainConfig, check_against_teacher, dump_yaml, to_dict
 from distill.data import load_raw
 from distill.errors import DistillError
-from distill.loop import LossStep, evaluate, latest_checkpoint, make_dataloader, train
+from distill.loop import LossStep, latest_checkpoint, train
 from distill.modeling import (
     HiddenProjection,
     build_student,
     check_same_tokenizer,
-    count_parameters,
     default_layer_map,
     freeze,
     hidden_size,
     load_pretrained,
     num_layers,
 )
-from distill.speed import measure_latency
+from distill.report import compare, format_results
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +167,9 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
     student = accelerator.unwrap_model(student)
     save_model(accelerator, student, plan.tokenizer, out / STUDENT_DIR)
 
-    results = _report(accelerator, plan, teacher, student, tokenized, collate, copied, result.metrics)
+    results = compare(
+        accelerator, cfg, task, plan.label_names, teacher, student, tokenized, collate, copied, result.metrics
+    )
     results["history"] = result.history
     if accelerator.is_main_process:
         (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
@@ -263,77 +264,6 @@ def _finetune_teacher(
         shutil.rmtree(out / STAGES_DIR / "teacher_finetune", ignore_errors=True)
     accelerator.free_memory()
     return teacher
-
-
-def _report(
-    accelerator: Accelerator,
-    plan: Plan,
-    teacher: torch.nn.Module,
-    student: torch.nn.Module,
-    tokenized: DatasetDict,
-    collate: Any,
-    copied: list[int] | None,
-    validation: dict[str, float],
-) -> dict[str, Any]:
-    cfg, task = plan.cfg, plan.task
-    split = "test" if "test" in tokenized else "validation"
-    dataset = tokenized[split]
-    dl = accelerator.prepare(make_dataloader(dataset, cfg.eval.batch_size, collate, shuffle=False, seed=0))
-    scores = {
-        "teacher": evaluate(accelerator, teacher, dl, task),
-        "student": evaluate(accelerator, student, dl, task),
-    }
-    results: dict[str, Any] = {
-        "task": cfg.task,
-        "split": split,
-        "examples": len(dataset),
-        "processes": accelerator.num_processes,
-        "labels": plan.label_names,
-        "student_layers_from_teacher": copied,
-        "student_validation": validation,
-    }
-    for name, model in (("teacher", teacher), ("student", student)):
-        results[name] = {**scores[name], "parameters": count_parameters(model)}
-    primary = task.PRIMARY_METRIC
-    results["retained"] = scores["student"][primary] / max(scores["teacher"][primary], 1e-12)
-    if cfg.eval.latency and accelerator.is_main_process:
-        examples = [dataset[i] for i in range(min(cfg.eval.latency_examples, len(dataset)))]
-        latency = measure_latency(
-            {"teacher": teacher, "student": student},
-            examples,
-            collate,
-            batch_size=cfg.eval.latency_batch_size,
-            repeats=cfg.eval.latency_repeats,
-            threads=cfg.eval.latency_threads,
-            device=accelerator.device,
-        )
-        for name in ("teacher", "student"):
-            results[name]["latency"] = latency[name]
-        results["speedup"] = latency["teacher"]["ms_per_example"] / latency["student"]["ms_per_example"]
-        results["latency_device"] = str(accelerator.device)
-    accelerator.wait_for_everyone()
-    return results
-
-
-def format_results(results: dict[str, Any]) -> str:
-    metrics = [k for k in results["teacher"] if k not in ("parameters", "latency")]
-    header = ["model", *metrics, "params (M)"] + (["ms/example"] if "speedup" in results else [])
-    rows = []
-    for name in ("teacher", "student"):
-        r = results[name]
-        row = [name, *(f"{r[m]:.4f}" for m in metrics), f"{r['parameters'] / 1e6:.2f}"]
-        if "speedup" in results:
-            row.append(f"{r['latency']['ms_per_example']:.2f}")
-        rows.append(row)
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)) for r in [header, *rows]]
-    summary = f"{results['split']} split, {results['examples']} examples: student keeps {results['retained']:.1%} of the teacher's {metrics[0]}"
-    if "speedup" in results:
-        summary += f", {results['speedup']:.2f}x faster on {results['latency_device']} (batch {results['teacher']['latency']['batch_size']})"
-    summary += (
-        f", {results['teacher']['parameters'] / results['student']['parameters']:.2f}x fewer parameters"
-    )
-    return "\n".join([*lines, summary])
 
 
 def _check_output_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
