@@ -21,22 +21,30 @@ log = logging.getLogger(__name__)
 FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
-def load_raw(cfg: DataConfig) -> DatasetDict:
-    """The ``train``, ``validation`` and ``test`` splits (test may be absent), checked and deduped."""
+def load_raw(cfg: DataConfig, columns: dict[str, str]) -> DatasetDict:
+    """The ``train``, ``validation`` and ``test`` splits (test may be absent), checked and deduped.
+
+    ``columns`` maps config keys to the columns the task reads (``{"text_column": "text", ...}``),
+    in order: the first is the text that ``dedupe`` compares, the second (if any) must agree
+    between repeats. Rows with an empty value in any of them are dropped, with a warning.
+    """
     loaded = _load(cfg)
     if cfg.train_split not in loaded:
         raise DistillError(
             f"data.train_split: no split '{cfg.train_split}' in the data (splits: {', '.join(loaded)})"
         )
-    columns = [cfg.text_column, cfg.label_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+    keep = {cfg.train_split, cfg.validation_split, cfg.test_split} - {""}
     for name, split in loaded.items():
-        for key, column in zip(("text_column", "label_column", "text_pair_column"), columns, strict=False):
+        if name not in keep:
+            continue
+        for key, column in columns.items():
             if column not in split.column_names:
                 raise DistillError(
                     f"data.{key}: no column '{column}' in split '{name}' (columns: {', '.join(split.column_names)})"
                 )
-    keep = {cfg.train_split, cfg.validation_split, cfg.test_split} - {""}
-    splits = {name: _drop_incomplete(split, columns, name) for name, split in loaded.items() if name in keep}
+    names = list(columns.values())
+    splits = {name: _drop_incomplete(split, names, name) for name, split in loaded.items() if name in keep}
+    text, agree = names[0], (names[1] if len(names) > 1 else None)
 
     train = splits[cfg.train_split]
     held_out = {
@@ -45,11 +53,9 @@ def load_raw(cfg: DataConfig) -> DatasetDict:
         if name in splits
     }
     if cfg.dedupe:
-        train = _dedupe(train, cfg.text_column, cfg.label_column, "train")
-        held_out = {
-            role: _dedupe(ds, cfg.text_column, cfg.label_column, role) for role, ds in held_out.items()
-        }
-        train = _drop_overlap(train, cfg.text_column, held_out)
+        train = _dedupe(train, text, agree, "train")
+        held_out = {role: _dedupe(ds, text, agree, role) for role, ds in held_out.items()}
+        train = _drop_overlap(train, text, held_out)
     # Carve what is missing from train, seeded: test first, then validation from the rest.
     for role, name, size in (
         ("test", cfg.test_split, cfg.test_size),
@@ -117,7 +123,7 @@ def _load(cfg: DataConfig) -> DatasetDict:
 
 def _drop_incomplete(ds: Dataset, columns: list[str], name: str) -> Dataset:
     def complete(row: dict) -> bool:
-        return all(row[c] is not None and (not isinstance(row[c], str) or row[c].strip()) for c in columns)
+        return all(_filled(row[c]) for c in columns)
 
     kept = ds.filter(complete, desc=f"checking {name}")
     if len(kept) < len(ds):
@@ -125,22 +131,32 @@ def _drop_incomplete(ds: Dataset, columns: list[str], name: str) -> Dataset:
     return kept
 
 
+def _filled(value: object) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, str):
+        return bool(value.strip())
+    if isinstance(value, dict):  # e.g. a translation column: {"en": ..., "fr": ...}
+        return all(_filled(v) for v in value.values())
+    return True
+
+
 _RETWEET = re.compile(r"^(rt\s+@\w+:?\s*)+")
 _URL = re.compile(r"https?://\S+")
 
 
-def normalise_text(text: str) -> str:
+def normalise_text(text: object) -> str:
     """The key used to find repeated texts: lower case, URLs and leading retweet markers removed, spaces collapsed."""
-    text = _URL.sub(" ", text.lower())
+    text = _URL.sub(" ", str(text).lower())
     return " ".join(_RETWEET.sub("", text.strip()).split())
 
 
-def _dedupe(ds: Dataset, column: str, label_column: str, name: str) -> Dataset:
+def _dedupe(ds: Dataset, column: str, label_column: str | None, name: str) -> Dataset:
     first: dict[str, int] = {}
     conflicting: set[str] = set()
     keys = [normalise_text(t) for t in ds[column]]
     # Repeats whose labels disagree are dropped altogether: neither label is trustworthy.
-    values = ds[label_column]
+    values = ds[label_column] if label_column else [None] * len(keys)
     for i, key in enumerate(keys):
         if key in first:
             if values[first[key]] != values[i]:

@@ -115,20 +115,36 @@ class TrainResult:
 
 
 def evaluate(
-    accelerator: Accelerator, model: nn.Module, dataloader: DataLoader, task: ModuleType
+    accelerator: Accelerator,
+    model: nn.Module,
+    dataloader: DataLoader,
+    task: ModuleType,
+    *,
+    tokenizer: Any = None,
+    settings: Any = None,
 ) -> dict[str, float]:
-    """Task metrics of ``model`` over a prepared dataloader, gathered from every process."""
+    """Task metrics of ``model`` over a prepared dataloader, gathered from every process.
+
+    ``task.eval_step`` gives predictions and references per batch (class ids, or token ids padded
+    with -100); sequences are padded to one length across processes before gathering, and
+    ``gather_for_metrics`` drops the duplicates that even batches add at the end.
+    """
+    model = accelerator.unwrap_model(model)  # generate() lives on the bare model
     was_training = model.training
     model.eval()
-    predictions, references = [], []
+    predictions: list = []
+    references: list = []
     for batch in dataloader:
         with torch.no_grad(), accelerator.autocast():
-            logits = model(**task.model_inputs(batch)).logits
-        preds, refs = accelerator.gather_for_metrics((task.predict(logits), batch["labels"]))
-        predictions.append(preds.cpu())
-        references.append(refs.cpu())
+            preds, refs = task.eval_step(model, batch, settings)
+        if preds.ndim > 1:
+            preds = accelerator.pad_across_processes(preds, dim=1, pad_index=-100)
+            refs = accelerator.pad_across_processes(refs, dim=1, pad_index=-100)
+        preds, refs = accelerator.gather_for_metrics((preds, refs))
+        predictions.extend(preds.cpu().tolist())
+        references.extend(refs.cpu().tolist())
     model.train(was_training)
-    return task.compute_metrics(torch.cat(predictions).numpy(), torch.cat(references).numpy())
+    return task.compute_metrics(predictions, references, tokenizer)
 
 
 def make_dataloader(
@@ -172,6 +188,8 @@ def train(
     stage_dir: Path,
     eval_batch_size: int,
     resume: bool,
+    tokenizer: Any = None,
+    eval_settings: Any = None,
 ) -> tuple[nn.Module, TrainResult]:
     """Train ``student`` for ``cfg.steps`` optimizer steps; returns the prepared model and the result.
 
@@ -251,7 +269,9 @@ def train(
             progress.set_postfix(loss=f"{entry['train/loss']:.4f}")
             running.zero_()
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-            metrics = evaluate(accelerator, student, eval_dl, task)
+            metrics = evaluate(
+                accelerator, student, eval_dl, task, tokenizer=tokenizer, settings=eval_settings
+            )
             accelerator.log({f"{name}/validation/{k}": v for k, v in metrics.items()}, step=step)
             history.append({"step": step, **{f"validation/{k}": v for k, v in metrics.items()}})
             progress.write(f"{name} step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

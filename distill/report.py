@@ -24,6 +24,7 @@ def compare(
     student: torch.nn.Module,
     tokenized: DatasetDict,
     collate: Any,
+    tokenizer: Any,
     copied: list[int] | None,
     validation: dict[str, float],
 ) -> dict[str, Any]:
@@ -33,8 +34,8 @@ def compare(
     dataset = tokenized[split]
     dl = accelerator.prepare(make_dataloader(dataset, cfg.eval.batch_size, collate, shuffle=False, seed=0))
     scores = {
-        "teacher": evaluate(accelerator, teacher, dl, task),
-        "student": evaluate(accelerator, student, dl, task),
+        name: evaluate(accelerator, model, dl, task, tokenizer=tokenizer, settings=cfg.eval)
+        for name, model in (("teacher", teacher), ("student", student))
     }
     results: dict[str, Any] = {
         "task": cfg.task,
@@ -59,6 +60,7 @@ def compare(
             repeats=cfg.eval.latency_repeats,
             threads=cfg.eval.latency_threads,
             device=accelerator.device,
+            run=lambda model, batch: task.infer(model, batch, cfg.eval),
         )
         for name in ("teacher", "student"):
             results[name]["latency"] = latency[name]

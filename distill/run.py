@@ -87,7 +87,7 @@ def prepare(cfg: RecipeConfig) -> Plan:
     if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise DistillError("train.mixed_precision: fp16 needs a GPU; use bf16 or no on a CPU")
 
-    raw = load_raw(cfg.data)
+    raw = load_raw(cfg.data, task.columns(cfg.data))
     head_trained = reuse or not cfg.teacher.finetune.enabled
     splits, label_names = task.prepare_targets(raw, cfg.data, teacher_config, head_trained)
     if "test" not in splits:
@@ -130,7 +130,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
 
     with accelerator.main_process_first():
         tokenized = task.tokenize(plan.splits, plan.tokenizer, cfg.data)
-    collate = task.collator(plan.tokenizer)
+    collate = task.collator(plan.tokenizer, teacher.config)
     eval_split = tokenized["validation"]
 
     if cfg.teacher.finetune.enabled and not plan.reuse_teacher:
@@ -163,12 +163,24 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         stage_dir=out / STAGES_DIR / "distill",
         eval_batch_size=cfg.eval.batch_size,
         resume=resume,
+        tokenizer=plan.tokenizer,
+        eval_settings=cfg.eval,
     )
     student = accelerator.unwrap_model(student)
     save_model(accelerator, student, plan.tokenizer, out / STUDENT_DIR)
 
     results = compare(
-        accelerator, cfg, task, plan.label_names, teacher, student, tokenized, collate, copied, result.metrics
+        accelerator,
+        cfg,
+        task,
+        plan.label_names,
+        teacher,
+        student,
+        tokenized,
+        collate,
+        plan.tokenizer,
+        copied,
+        result.metrics,
     )
     results["history"] = result.history
     if accelerator.is_main_process:
@@ -255,6 +267,8 @@ def _finetune_teacher(
         stage_dir=out / STAGES_DIR / "teacher_finetune",
         eval_batch_size=cfg.eval.batch_size,
         resume=resume,
+        tokenizer=plan.tokenizer,
+        eval_settings=cfg.eval,
     )
     teacher = accelerator.unwrap_model(model)
     save_model(accelerator, teacher, plan.tokenizer, out / TEACHER_DIR)
@@ -304,7 +318,9 @@ def _student_depth(cfg: RecipeConfig, n_teacher: int) -> int:
     return num_layers(config)
 
 
-def _set_labels(model: torch.nn.Module, names: list[str]) -> None:
+def _set_labels(model: torch.nn.Module, names: list[str] | None) -> None:
+    if names is None:  # tasks without labels (translation)
+        return
     model.config.id2label = dict(enumerate(names))
     model.config.label2id = {n: i for i, n in enumerate(names)}
 

@@ -20,13 +20,16 @@ def measure_latency(
     repeats: int = 5,
     threads: int = 0,
     device: torch.device | str = "cpu",
+    run: Callable[[nn.Module, dict[str, torch.Tensor]], Any] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Milliseconds per example for each model, the median over ``repeats`` passes over ``examples``.
 
     Every model sees the same batches (padded per batch, as in serving). One untimed warm-up pass
     per model comes first, and the models take turns within each repeat so that a slow moment of
     the machine falls on all of them alike. ``threads`` > 0 fixes torch's intra-op threads.
+    ``run(model, batch)`` is what is timed (default: a forward pass; generation for seq2seq).
     """
+    run = run or (lambda model, batch: model(**batch))
     batches = [
         {k: v.to(device) for k, v in collate(examples[i : i + batch_size]).items() if k != "labels"}
         for i in range(0, len(examples), batch_size)
@@ -39,10 +42,10 @@ def measure_latency(
         with torch.inference_mode():
             for model in models.values():
                 model.eval()
-                _run(model, batches, device)
+                _timed(run, model, batches, device)
             for _ in range(repeats):
                 for name, model in models.items():
-                    timings[name].append(_run(model, batches, device))
+                    timings[name].append(_timed(run, model, batches, device))
     finally:
         torch.set_num_threads(previous_threads)
     n = len(examples)
@@ -57,11 +60,13 @@ def measure_latency(
     }
 
 
-def _run(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device | str) -> float:
+def _timed(
+    run: Callable, model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device | str
+) -> float:
     _sync(device)
     start = time.perf_counter()
     for batch in batches:
-        model(**batch)
+        run(model, batch)
     _sync(device)
     return time.perf_counter() - start
 

@@ -10,6 +10,10 @@ from distill.errors import DistillError
 from distill.tasks import classification
 
 
+def load(data):
+    return load_raw(data, classification.columns(data))
+
+
 def cfg(path, **kw):
     base = dict(
         files={"train": str(path)},
@@ -26,11 +30,11 @@ def test_carved_splits_are_seeded_disjoint_and_sized(tmp_path):
     path = write_csv(
         tmp_path / "d.csv", [{"text": f"text number {i}", "sentiment": LABELS[i % 3]} for i in range(200)]
     )
-    a = load_raw(cfg(path))
-    b = load_raw(cfg(path))
+    a = load(cfg(path))
+    b = load(cfg(path))
     assert (len(a["train"]), len(a["validation"]), len(a["test"])) == (150, 20, 30)
     assert a["test"]["text"] == b["test"]["text"]  # same seed, same split
-    c = load_raw(cfg(path, seed=7))
+    c = load(cfg(path, seed=7))
     assert set(c["test"]["text"]) != set(a["test"]["text"])
     splits = [set(a[s]["text"]) for s in ("train", "validation", "test")]
     assert not (splits[0] & splits[1]) and not (splits[0] & splits[2]) and not (splits[1] & splits[2])
@@ -41,7 +45,7 @@ def test_fractions_and_existing_splits(tmp_path):
         tmp_path / "train.csv", [{"text": f"t {i}", "sentiment": "positive"} for i in range(100)]
     )
     test = write_csv(tmp_path / "test.csv", [{"text": f"x {i}", "sentiment": "negative"} for i in range(10)])
-    out = load_raw(cfg(train, files={"train": str(train), "test": str(test)}, validation_size=0.1))
+    out = load(cfg(train, files={"train": str(train), "test": str(test)}, validation_size=0.1))
     assert len(out["test"]) == 10 and out["test"]["text"][0] == "x 0"  # given test split used as is
     assert len(out["validation"]) == 10 and len(out["train"]) == 90
 
@@ -61,11 +65,11 @@ def test_dedupe_drops_repeats_conflicts_and_leaks(tmp_path):
         {"text": "RT @x: this is ambiguous", "sentiment": "negative"},
     ] + [{"text": f"unique text {i}", "sentiment": LABELS[i % 3]} for i in range(60)]
     path = write_csv(tmp_path / "d.csv", rows)
-    out = load_raw(cfg(path, dedupe=True, validation_size=5, test_size=5))
+    out = load(cfg(path, dedupe=True, validation_size=5, test_size=5))
     texts = [normalise_text(t) for s in out.values() for t in s["text"]]
     assert len(texts) == len(set(texts)) == 61  # 60 unique + one "google car", the conflicting pair dropped
     assert "this is ambiguous" not in texts
-    raw = load_raw(cfg(path, dedupe=False, validation_size=5, test_size=5))
+    raw = load(cfg(path, dedupe=False, validation_size=5, test_size=5))
     assert sum(len(s) for s in raw.values()) == 65
 
 
@@ -77,13 +81,13 @@ def test_drop_train_rows_also_in_given_test(tmp_path):
         tmp_path / "test.csv",
         [{"text": "T 3", "sentiment": "positive"}, {"text": "new", "sentiment": "negative"}],
     )
-    out = load_raw(cfg(train, files={"train": str(train), "test": str(test)}, dedupe=True, validation_size=5))
+    out = load(cfg(train, files={"train": str(train), "test": str(test)}, dedupe=True, validation_size=5))
     assert "t 3" not in list(out["train"]["text"]) + list(out["validation"]["text"])
 
 
 def test_labels_from_strings_are_sorted_names(tmp_path):
     path = write_csv(tmp_path / "d.csv", sentiment_rows(90))
-    raw = load_raw(cfg(path))
+    raw = load(cfg(path))
     splits, names = classification.prepare_targets(raw, raw_cfg := cfg(path), None, head_trained=False)
     assert names == ["negative", "neutral", "positive"]
     for split in splits.values():
@@ -100,7 +104,7 @@ def test_labels_from_strings_are_sorted_names(tmp_path):
 
 def test_labels_follow_a_trained_teachers_order(tmp_path):
     path = write_csv(tmp_path / "d.csv", sentiment_rows(90))
-    raw = load_raw(cfg(path))
+    raw = load(cfg(path))
     teacher = BertConfig(num_labels=3, id2label={0: "Positive", 1: "Negative", 2: "Neutral"})
     splits, names = classification.prepare_targets(raw, cfg(path), teacher, head_trained=True)
     assert names == ["Positive", "Negative", "Neutral"]
@@ -123,13 +127,13 @@ def test_labels_follow_a_trained_teachers_order(tmp_path):
 def test_integer_labels_and_out_of_range(tmp_path):
     rows = [{"text": f"t {i}", "sentiment": i % 2} for i in range(60)]
     path = write_csv(tmp_path / "d.csv", rows)
-    raw = load_raw(cfg(path, validation_size=5, test_size=5))
+    raw = load(cfg(path, validation_size=5, test_size=5))
     splits, names = classification.prepare_targets(raw, cfg(path), None, head_trained=False)
     assert names == ["0", "1"] and splits["train"]["labels"] == splits["train"]["sentiment"]
     test = write_csv(tmp_path / "test.csv", [{"text": "x", "sentiment": 5}])
     data = cfg(path, files={"train": str(path), "test": str(test)}, validation_size=5)
     with pytest.raises(DistillError, match=r"label 5 in split 'test' is outside the label set \(0-1"):
-        classification.prepare_targets(load_raw(data), data, None, head_trained=False)
+        classification.prepare_targets(load(data), data, None, head_trained=False)
 
 
 def test_unknown_string_label_in_test_split(tmp_path):
@@ -137,7 +141,7 @@ def test_unknown_string_label_in_test_split(tmp_path):
     test = write_csv(tmp_path / "test.csv", [{"text": "good car", "sentiment": "sarcastic"}])
     data = cfg(train, files={"train": str(train), "test": str(test)}, validation_size=5)
     with pytest.raises(DistillError, match=r"label 'sarcastic' in split 'test' is not one of the labels"):
-        classification.prepare_targets(load_raw(data), data, None, head_trained=False)
+        classification.prepare_targets(load(data), data, None, head_trained=False)
 
 
 @pytest.mark.parametrize(
@@ -161,7 +165,7 @@ def test_bad_data_input(tmp_path, change, message):
         change = dict(files={"train": str(txt)})
         message = r"data.files.train: unsupported file type '.txt'"
     with pytest.raises(DistillError, match=message):
-        load_raw(cfg(path, **change))
+        load(cfg(path, **change))
 
 
 def test_empty_split_is_an_error(tmp_path):
@@ -169,7 +173,7 @@ def test_empty_split_is_an_error(tmp_path):
     empty = tmp_path / "test.csv"
     empty.write_text("text,sentiment\n")
     with pytest.raises(DistillError, match="the test split is empty"):
-        load_raw(cfg(train, files={"train": str(train), "test": str(empty)}))
+        load(cfg(train, files={"train": str(train), "test": str(empty)}))
 
 
 def test_json_and_latin1_csv(tmp_path):
@@ -177,12 +181,12 @@ def test_json_and_latin1_csv(tmp_path):
 
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in sentiment_rows(60)))
-    assert len(load_raw(cfg(path))["train"]) == 10
+    assert len(load(cfg(path))["train"]) == 10
     latin = tmp_path / "latin.csv"
     latin.write_bytes(
         b"text,sentiment\n" + "".join(f"caf\xe9 {i},positive\n" for i in range(60)).encode("latin-1")
     )
-    out = load_raw(cfg(latin, encoding="latin-1"))
+    out = load(cfg(latin, encoding="latin-1"))
     assert any("café" in t for t in out["train"]["text"])
 
 
@@ -191,7 +195,7 @@ def test_parquet_files(tmp_path):
 
     path = tmp_path / "d.parquet"
     pd.DataFrame(sentiment_rows(60)).to_parquet(path)
-    out = load_raw(cfg(path, validation_size=10, test_size=10))
+    out = load(cfg(path, validation_size=10, test_size=10))
     assert (len(out["train"]), len(out["validation"]), len(out["test"])) == (40, 10, 10)
 
 
@@ -202,18 +206,18 @@ def test_tokenization_is_cached_and_reused(tmp_path):
     data = cfg(path, max_length=6)
     tok = make_tokenizer(tmp_path / "tok")
     first = classification.tokenize(
-        classification.prepare_targets(load_raw(data), data, None, False)[0], tok, data
+        classification.prepare_targets(load(data), data, None, False)[0], tok, data
     )
     files = [f["filename"] for f in first["train"].cache_files]
     assert files and all(Path(f).is_file() for f in files)
     mtimes = [Path(f).stat().st_mtime_ns for f in files]
     again = classification.tokenize(
-        classification.prepare_targets(load_raw(data), data, None, False)[0], tok, data
+        classification.prepare_targets(load(data), data, None, False)[0], tok, data
     )
     assert [f["filename"] for f in again["train"].cache_files] == files
     assert [Path(f).stat().st_mtime_ns for f in files] == mtimes  # read back, not recomputed
     assert max(len(ids) for ids in again["train"]["input_ids"]) == 6  # truncated to max_length
     other = classification.tokenize(
-        classification.prepare_targets(load_raw(data), data, None, False)[0], tok, cfg(path, max_length=4)
+        classification.prepare_targets(load(data), data, None, False)[0], tok, cfg(path, max_length=4)
     )
     assert [f["filename"] for f in other["train"].cache_files] != files  # other settings, other cache

@@ -1,7 +1,8 @@
 """Text classification: what differs from other tasks, in one place.
 
-Every task module offers the same names: ``MODEL_CLASS``, ``PRIMARY_METRIC``, ``prepare_targets``,
-``model_kwargs``, ``tokenize``, ``collator``, ``predict`` and ``compute_metrics``.
+Every task module offers the same names: ``MODEL_CLASS``, ``PRIMARY_METRIC``, ``columns``,
+``prepare_targets``, ``model_kwargs``, ``tokenize``, ``collator``, ``model_inputs``, ``infer``,
+``eval_step`` and ``compute_metrics``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ from distill.errors import DistillError
 MODEL_CLASS = AutoModelForSequenceClassification
 PRIMARY_METRIC = "accuracy"
 _GENERIC_LABEL = re.compile(r"^LABEL_\d+$")
+
+
+def columns(cfg: DataConfig) -> dict[str, str]:
+    """The columns this task reads: the text first (what ``dedupe`` compares), then the label."""
+    out = {"text_column": cfg.text_column, "label_column": cfg.label_column}
+    if cfg.text_pair_column:
+        out["text_pair_column"] = cfg.text_pair_column
+    return out
 
 
 def prepare_targets(
@@ -112,8 +121,9 @@ def _align_with_teacher(names: list[str], teacher_config: Any, explicit: bool) -
     return teacher_names  # the same labels, perhaps in another order: take the teacher's order
 
 
-def model_kwargs(names: list[str]) -> dict[str, Any]:
+def model_kwargs(names: list[str] | None) -> dict[str, Any]:
     """Keyword arguments that give a model this label set (``pipeline`` then reports label names)."""
+    assert names is not None
     return {
         "num_labels": len(names),
         "id2label": dict(enumerate(names)),
@@ -139,7 +149,7 @@ def tokenize(splits: DatasetDict, tokenizer: Any, cfg: DataConfig) -> DatasetDic
     return out
 
 
-def collator(tokenizer: Any) -> Any:
+def collator(tokenizer: Any, model_config: Any = None) -> Any:
     return DataCollatorWithPadding(tokenizer, return_tensors="pt")
 
 
@@ -148,11 +158,20 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
-def predict(logits: torch.Tensor) -> torch.Tensor:
-    return logits.argmax(-1)
+def infer(model: Any, batch: dict[str, torch.Tensor], settings: Any = None) -> torch.Tensor:
+    """What serving does with a batch (timed by the latency measurement): the class logits."""
+    return model(**model_inputs(batch)).logits
 
 
-def compute_metrics(predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
+def eval_step(
+    model: Any, batch: dict[str, torch.Tensor], settings: Any = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted and true class ids of one batch, each ``(batch,)``."""
+    return infer(model, batch).argmax(-1), batch["labels"]
+
+
+def compute_metrics(predictions: list, references: list, tokenizer: Any = None) -> dict[str, float]:
+    predictions, references = np.asarray(predictions), np.asarray(references)
     return {
         "accuracy": float(accuracy_score(references, predictions)),
         "macro_f1": float(f1_score(references, predictions, average="macro")),
