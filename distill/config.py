@@ -17,7 +17,7 @@ import yaml
 from distill.errors import DistillError
 from distill.typed_config import build, in_range, non_negative, one_of, positive
 
-TASKS = ("classification",)
+TASKS = ("classification", "translation")
 SOFT_LOSSES = ("kl", "reverse_kl", "jsd")
 HIDDEN_LOSSES = ("mse", "cosine")
 STUDENT_INITS = ("copy_layers", "from_config", "pretrained")
@@ -73,19 +73,32 @@ class StudentConfig:
     init: str = "copy_layers"  # copy_layers | from_config | pretrained
     layers: list[int] | None = None  # copy_layers: teacher layers to copy (default: num_layers evenly spaced)
     num_layers: int = 2  # copy_layers: how many layers when `layers` is not given
+    encoder_layers: list[int] | None = (
+        None  # copy_layers, encoder-decoder: encoder layers to copy (default: all)
+    )
+    decoder_layers: list[int] | None = (
+        None  # copy_layers, encoder-decoder: decoder layers (default: num_decoder_layers, spread)
+    )
+    num_decoder_layers: int = (
+        2  # copy_layers, encoder-decoder: decoder depth when decoder_layers is not given
+    )
     config_overrides: dict[str, Any] = field(default_factory=dict)  # from_config: e.g. {num_hidden_layers: 4}
     name_or_path: str = ""  # pretrained: hub id or local folder of the student
 
     def check(self, key: str) -> None:
         one_of(f"{key}.init", self.init, STUDENT_INITS)
         positive(f"{key}.num_layers", self.num_layers)
-        if self.layers is not None:
-            if not self.layers:
-                raise DistillError(f"{key}.layers: must name at least one teacher layer")
-            if len(set(self.layers)) != len(self.layers):
-                raise DistillError(f"{key}.layers: {self.layers} names a layer twice")
-            if any(i < 0 for i in self.layers):
-                raise DistillError(f"{key}.layers: layer indices start at 0, got {self.layers}")
+        positive(f"{key}.num_decoder_layers", self.num_decoder_layers)
+        for name in ("layers", "encoder_layers", "decoder_layers"):
+            layers = getattr(self, name)
+            if layers is None:
+                continue
+            if not layers:
+                raise DistillError(f"{key}.{name}: must name at least one teacher layer")
+            if len(set(layers)) != len(layers):
+                raise DistillError(f"{key}.{name}: {layers} names a layer twice")
+            if any(i < 0 for i in layers):
+                raise DistillError(f"{key}.{name}: layer indices start at 0, got {layers}")
         if self.init == "pretrained" and not self.name_or_path:
             raise DistillError(f"{key}.name_or_path: required when {key}.init is 'pretrained'")
         if self.init == "from_config" and not self.config_overrides:
@@ -103,9 +116,16 @@ class DataConfig:
     dataset_config: str = ""  # hub dataset configuration (e.g. sst2)
     files: dict[str, str] = field(default_factory=dict)  # split -> csv / json / jsonl / parquet file
     encoding: str = "utf-8"  # text encoding of csv files
-    text_column: str = "text"  # column with the input text
-    text_pair_column: str = ""  # optional second text column (sentence pairs)
-    label_column: str = "label"  # column with the label (string names or integer ids)
+    text_column: str = "text"  # classification: column with the input text
+    text_pair_column: str = ""  # classification: optional second text column (sentence pairs)
+    label_column: str = "label"  # classification: column with the label (string names or integer ids)
+    source_column: str = ""  # translation: column with the source text (or use translation_column)
+    target_column: str = ""  # translation: column with the reference translation
+    translation_column: str = ""  # translation: a dict column {lang: text}, e.g. "translation" in WMT sets
+    source_lang: str = ""  # translation: source language key in translation_column (e.g. en)
+    target_lang: str = ""  # translation: target language key in translation_column (e.g. fr)
+    source_prefix: str = ""  # translation: text put before every source (T5: "translate English to French: ")
+    max_target_length: int = 128  # translation: target tokens per example; longer targets are truncated
     label_names: list[str] | None = None  # label order (id i is label_names[i]); default: as the data says
     train_split: str = "train"  # split used for training
     validation_split: str = (
@@ -140,6 +160,7 @@ class DataConfig:
                     f"{key}.{name}: must be a fraction in [0, 1) or a whole number of examples, got {value}"
                 )
         positive(f"{key}.max_length", self.max_length)
+        positive(f"{key}.max_target_length", self.max_target_length)
         non_negative(f"{key}.max_train_examples", self.max_train_examples)
         non_negative(f"{key}.max_eval_examples", self.max_eval_examples)
 
@@ -159,6 +180,7 @@ class LossConfig:
     hidden: str = ""  # hidden-state loss: "" (none) | mse | cosine
     hidden_weight: float = 0.0  # weight of the hidden-state loss
     layer_map: dict[int, int] | None = None  # student layer -> teacher layer (default: the copied layers)
+    chunk_tokens: int = 1024  # soft loss over this many target tokens at a time (0: all at once)
 
     def check(self, key: str) -> None:
         one_of(f"{key}.soft", self.soft, SOFT_LOSSES)
@@ -168,6 +190,7 @@ class LossConfig:
         if self.hidden:
             one_of(f"{key}.hidden", self.hidden, HIDDEN_LOSSES)
         non_negative(f"{key}.hidden_weight", self.hidden_weight)
+        non_negative(f"{key}.chunk_tokens", self.chunk_tokens)
         if self.hidden_weight > 0 and not self.hidden:
             raise DistillError(f"{key}.hidden: choose mse or cosine when {key}.hidden_weight > 0")
         if self.layer_map is not None and any(i < 0 for pair in self.layer_map.items() for i in pair):
@@ -214,6 +237,8 @@ class EvalConfig:
     """The final comparison of teacher and student on the held-out test split."""
 
     batch_size: int = 64  # examples per batch when computing metrics
+    num_beams: int = 4  # translation: beams when generating for metrics and latency
+    max_new_tokens: int = 64  # translation: most tokens generated per sentence
     latency: bool = True  # measure CPU latency of teacher and student
     latency_batch_size: int = 1  # examples per call when measuring latency
     latency_examples: int = 64  # test examples timed per model and repeat
@@ -222,6 +247,8 @@ class EvalConfig:
 
     def check(self, key: str) -> None:
         positive(f"{key}.batch_size", self.batch_size)
+        positive(f"{key}.num_beams", self.num_beams)
+        positive(f"{key}.max_new_tokens", self.max_new_tokens)
         positive(f"{key}.latency_batch_size", self.latency_batch_size)
         positive(f"{key}.latency_examples", self.latency_examples)
         positive(f"{key}.latency_repeats", self.latency_repeats)
@@ -245,7 +272,7 @@ class RecipeConfig:
     """A whole recipe: teacher, student, data, losses, budget, evaluation and output."""
 
     description: str = ""  # one line, shown by `distill recipes`
-    task: str = "classification"  # task family: classification
+    task: str = "classification"  # task family: classification | translation
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -260,6 +287,22 @@ class RecipeConfig:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.check(f.name)
+        if self.task == "translation":
+            d = self.data
+            if d.translation_column:
+                if not (d.source_lang and d.target_lang):
+                    raise DistillError(
+                        "data.source_lang / data.target_lang: required with data.translation_column"
+                    )
+            elif not (d.source_column and d.target_column):
+                raise DistillError(
+                    "data: translation needs data.source_column and data.target_column, "
+                    "or data.translation_column with data.source_lang and data.target_lang"
+                )
+            if self.loss.hidden_weight > 0:
+                raise DistillError(
+                    "loss.hidden_weight: hidden-state losses are for classification only, so far"
+                )
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -322,9 +365,31 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def check_against_teacher(cfg: RecipeConfig, num_teacher_layers: int, num_student_layers: int) -> None:
-    """Checks that need the teacher's (and student's) depth: layer indices must exist."""
-    if cfg.student.init == "copy_layers":
+def check_against_teacher(
+    cfg: RecipeConfig,
+    num_teacher_layers: int,
+    num_student_layers: int,
+    teacher_depths: tuple[int, int] | None = None,
+) -> None:
+    """Checks that need the teacher's (and student's) depth: layer indices must exist.
+
+    ``teacher_depths`` is (encoder layers, decoder layers) for an encoder-decoder teacher.
+    """
+    if cfg.student.init == "copy_layers" and teacher_depths is not None:
+        for name, depth in zip(("encoder_layers", "decoder_layers"), teacher_depths, strict=True):
+            layers = getattr(cfg.student, name)
+            bad = [i for i in layers or [] if i >= depth]
+            if bad:
+                side = name.split("_")[0]
+                raise DistillError(
+                    f"student.{name}: layer {bad[0]} does not exist; the teacher's {side} has {depth} layers (0-{depth - 1})"
+                )
+        if cfg.student.decoder_layers is None and cfg.student.num_decoder_layers > teacher_depths[1]:
+            raise DistillError(
+                f"student.num_decoder_layers: {cfg.student.num_decoder_layers} is more than the teacher's "
+                f"{teacher_depths[1]} decoder layers"
+            )
+    elif cfg.student.init == "copy_layers":
         layers = cfg.student.layers
         if layers is not None:
             bad = [i for i in layers if i >= num_teacher_layers]

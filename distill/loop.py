@@ -32,7 +32,7 @@ from transformers import get_scheduler
 
 from distill.config import LossConfig, TrainConfig
 from distill.errors import DistillError
-from distill.losses import HIDDEN_LOSSES, SOFT_LOSSES, hard_ce, kd_mix
+from distill.losses import HIDDEN_LOSSES, SOFT_LOSSES, chunked, hard_ce, kd_mix
 from distill.modeling import HiddenProjection
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,15 @@ class LossStep:
             # clone(): inference tensors cannot be saved for backward; a copy made outside can.
             teacher_logits = teacher_out.logits.clone()
             kwargs = {"beta": self.loss.jsd_beta} if self.loss.soft == "jsd" else {}
-            out["soft"] = SOFT_LOSSES[self.loss.soft](
-                student_out.logits, teacher_logits, temperature=self.loss.temperature, mask=mask, **kwargs
+            # Over a large vocabulary, a few target tokens at a time (see losses.chunked).
+            out["soft"] = chunked(
+                SOFT_LOSSES[self.loss.soft],
+                student_out.logits,
+                teacher_logits,
+                chunk=self.loss.chunk_tokens,
+                mask=mask,
+                temperature=self.loss.temperature,
+                **kwargs,
             )
         total = kd_mix(out["soft"], hard, alpha=self.loss.alpha)
         if self.use_hidden:

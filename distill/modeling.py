@@ -90,17 +90,71 @@ def copy_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
 
     Student layer ``i`` is a copy of teacher layer ``layers[i]``; every other weight is copied as is.
     """
-    n_teacher = num_layers(teacher.config)
-    prefix = find_layer_list(teacher, n_teacher)
+    prefix = find_layer_list(teacher, num_layers(teacher.config))
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(layers)
+    return _copy_with_map(teacher, config, {prefix: layers})
+
+
+# Config fields holding (encoder, decoder) depth: BART / Marian / mBART, then T5.
+_SEQ2SEQ_DEPTH_FIELDS = (("encoder_layers", "decoder_layers"), ("num_layers", "num_decoder_layers"))
+
+
+def encoder_decoder_depths(config: Any) -> tuple[int, int]:
+    for enc, dec in _SEQ2SEQ_DEPTH_FIELDS:
+        if isinstance(getattr(config, enc, None), int) and isinstance(getattr(config, dec, None), int):
+            return getattr(config, enc), getattr(config, dec)
+    raise DistillError(f"cannot tell the encoder and decoder depth of a '{config.model_type}' model")
+
+
+def spread(num_teacher: int, num_student: int) -> list[int]:
+    """Maximally spaced layers, first and last kept (distil-whisper / distilbart): 2 of 6 -> 0, 5; 1 -> 0."""
+    if num_student == 1:
+        return [0]
+    return [round(i * (num_teacher - 1) / (num_student - 1)) for i in range(num_student)]
+
+
+def copy_encoder_decoder_layers(
+    teacher: nn.Module, encoder_layers: list[int], decoder_layers: list[int]
+) -> nn.Module:
+    """An encoder-decoder student with chosen encoder and decoder layers copied from the teacher.
+
+    Embeddings, layer norms and the LM head are copied as they are. Weights that only the first
+    block has (T5's relative position bias) come from the teacher's first block.
+    """
+    n_enc, n_dec = encoder_decoder_depths(teacher.config)
+    enc_prefix = _find_stack(teacher, "encoder", n_enc)
+    dec_prefix = _find_stack(teacher, "decoder", n_dec)
+    config = copy.deepcopy(teacher.config)
+    for enc, dec in _SEQ2SEQ_DEPTH_FIELDS:
+        if hasattr(config, enc) and hasattr(config, dec):
+            setattr(config, enc, len(encoder_layers))
+            setattr(config, dec, len(decoder_layers))
+            break
+    return _copy_with_map(teacher, config, {enc_prefix: encoder_layers, dec_prefix: decoder_layers})
+
+
+def _find_stack(model: nn.Module, side: str, count: int) -> str:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count and side in name.split("."):
+            return name
+    raise DistillError(f"cannot find the {count} {side} layers of a {type(model).__name__}")
+
+
+def _copy_with_map(teacher: nn.Module, config: Any, stacks: dict[str, list[int]]) -> nn.Module:
     student = type(teacher)(config)
-    pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.*)$")
+    patterns = {prefix: re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.*)$") for prefix in stacks}
     teacher_state = teacher.state_dict()
     state = {}
     for key in student.state_dict():
-        match = pattern.match(key)
-        source = f"{prefix}.{layers[int(match.group(1))]}.{match.group(2)}" if match else key
+        source = key
+        for prefix, pattern in patterns.items():
+            match = pattern.match(key)
+            if match:
+                source = f"{prefix}.{stacks[prefix][int(match.group(1))]}.{match.group(2)}"
+                if source not in teacher_state:  # e.g. T5's relative bias lives in block 0 only
+                    source = f"{prefix}.0.{match.group(2)}"
+                break
         state[key] = teacher_state[source].detach().clone()
     student.load_state_dict(state, strict=True)
     return student
@@ -114,6 +168,13 @@ def build_student(
 ) -> tuple[nn.Module, list[int] | None]:
     """Build the student as the recipe says. Returns the student and the copied teacher layers (if any)."""
     n_teacher = num_layers(teacher.config)
+    if spec.init == "copy_layers" and getattr(teacher.config, "is_encoder_decoder", False):
+        n_enc, n_dec = encoder_decoder_depths(teacher.config)
+        enc = spec.encoder_layers if spec.encoder_layers is not None else list(range(n_enc))
+        dec = (
+            spec.decoder_layers if spec.decoder_layers is not None else spread(n_dec, spec.num_decoder_layers)
+        )
+        return copy_encoder_decoder_layers(teacher, enc, dec), dec
     if spec.init == "copy_layers":
         layers = spec.layers if spec.layers is not None else evenly_spaced(n_teacher, spec.num_layers)
         return copy_layers(teacher, layers), layers

@@ -31,6 +31,7 @@ from distill.modeling import (
     build_student,
     check_same_tokenizer,
     default_layer_map,
+    encoder_decoder_depths,
     freeze,
     hidden_size,
     load_pretrained,
@@ -83,7 +84,12 @@ def prepare(cfg: RecipeConfig) -> Plan:
 
     n_teacher = num_layers(teacher_config)
     n_student = _student_depth(cfg, n_teacher)
-    check_against_teacher(cfg, n_teacher, n_student)
+    depths = (
+        encoder_decoder_depths(teacher_config)
+        if getattr(teacher_config, "is_encoder_decoder", False)
+        else None
+    )
+    check_against_teacher(cfg, n_teacher, n_student, depths)
     if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise DistillError("train.mixed_precision: fp16 needs a GPU; use bf16 or no on a CPU")
 

@@ -124,3 +124,115 @@ def fresh_accelerate_state():
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+# --- translation -----------------------------------------------------------------------------
+
+EN_FR = {
+    "one": "un",
+    "two": "deux",
+    "three": "trois",
+    "four": "quatre",
+    "five": "cinq",
+    "six": "six",
+    "seven": "sept",
+    "eight": "huit",
+    "nine": "neuf",
+    "red": "rouge",
+    "green": "vert",
+    "blue": "bleu",
+    "cat": "chat",
+    "dog": "chien",
+    "car": "voiture",
+    "house": "maison",
+    "big": "grand",
+    "small": "petit",
+}
+SEQ_SPECIAL = ["<pad>", "</s>", "<unk>"]
+
+
+def make_seq2seq_tokenizer(folder: Path, extra: list[str] = ()):
+    """A word-level tokenizer shared by source and target, appending </s>, saved into ``folder``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = SEQ_SPECIAL + sorted(set(EN_FR) | set(EN_FR.values())) + list(extra)
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    from tokenizers import decoders
+
+    core.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+    tok.model_max_length = 64
+    tok.save_pretrained(folder)
+    return tok
+
+
+def save_tiny_marian(folder: Path, seed: int = 0, **config_kw) -> Path:
+    from transformers import MarianConfig, MarianMTModel
+
+    tok = make_seq2seq_tokenizer(folder)
+    defaults = dict(
+        vocab_size=len(tok),
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=4,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        forced_eos_token_id=1,
+        share_encoder_decoder_embeddings=True,
+    )
+    defaults.update(config_kw)
+    torch.manual_seed(seed)
+    MarianMTModel(MarianConfig(**defaults)).save_pretrained(folder)
+    return folder
+
+
+def translation_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """English phrases and their word-by-word French: a small, learnable translation task."""
+    rng = random.Random(seed)
+    words = list(EN_FR)
+    rows = []
+    for _ in range(n):
+        src = [rng.choice(words) for _ in range(rng.randint(2, 6))]
+        rows.append({"en": " ".join(src), "fr": " ".join(EN_FR[w] for w in src)})
+    return rows
+
+
+def translation_recipe(teacher_path: Path, data_path: Path, out: Path, **sections) -> dict:
+    raw = {
+        "description": "tiny translation recipe",
+        "task": "translation",
+        "teacher": {"name_or_path": str(teacher_path)},
+        "student": {"init": "copy_layers", "num_decoder_layers": 1},
+        "data": {
+            "files": {"train": str(data_path)},
+            "source_column": "en",
+            "target_column": "fr",
+            "validation_size": 20,
+            "test_size": 20,
+            "max_length": 16,
+            "max_target_length": 16,
+        },
+        "train": {"steps": 4, "batch_size": 8, "learning_rate": 1e-3, "log_every": 2},
+        "eval": {
+            "batch_size": 8,
+            "num_beams": 2,
+            "max_new_tokens": 10,
+            "latency_examples": 4,
+            "latency_repeats": 1,
+        },
+        "output": {"dir": str(out)},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return raw

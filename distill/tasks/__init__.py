@@ -1,5 +1,5 @@
 """Task families. Each module offers the same few names; see ``classification`` for the list."""
 
-from distill.tasks import classification
+from distill.tasks import classification, translation
 
-TASKS = {"classification": classification}
+TASKS = {"classification": classification, "translation": translation}

@@ -1,0 +1,178 @@
+"""Translation with encoder-decoder models (Marian, BART, T5 families): what differs from classification.
+
+Same names as :mod:`distill.tasks.classification`. Items of the losses are target tokens; padding
+in ``labels`` is -100. Metrics are corpus BLEU and chrF (sacrebleu) on detokenized text.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sacrebleu
+import torch
+from datasets import DatasetDict
+from transformers import AutoModelForSeq2SeqLM
+
+from distill.config import DataConfig
+from distill.errors import DistillError
+
+log = logging.getLogger(__name__)
+
+MODEL_CLASS = AutoModelForSeq2SeqLM
+PRIMARY_METRIC = "bleu"
+
+
+def columns(cfg: DataConfig) -> dict[str, str]:
+    """The columns this task reads: the source first (what ``dedupe`` compares), then the target."""
+    if cfg.translation_column:
+        return {"translation_column": cfg.translation_column}
+    return {"source_column": cfg.source_column, "target_column": cfg.target_column}
+
+
+def prepare_targets(
+    raw: DatasetDict, cfg: DataConfig, teacher_config: Any, head_trained: bool
+) -> tuple[DatasetDict, None]:
+    """Every split as two text columns, ``source`` and ``target``. There are no label names."""
+    out = DatasetDict()
+    for split, ds in raw.items():
+        if cfg.translation_column:
+            available = sorted(ds[0][cfg.translation_column]) if len(ds) else []
+            for key, lang in (("source_lang", cfg.source_lang), ("target_lang", cfg.target_lang)):
+                if lang not in available:
+                    raise DistillError(
+                        f"data.{key}: language '{lang}' is not in column '{cfg.translation_column}' of split "
+                        f"'{split}' (languages: {', '.join(available)})"
+                    )
+
+            def pick(batch: dict[str, list]) -> dict[str, list]:
+                pairs = batch[cfg.translation_column]
+                return {
+                    "source": [p[cfg.source_lang] for p in pairs],
+                    "target": [p[cfg.target_lang] for p in pairs],
+                }
+        else:
+
+            def pick(batch: dict[str, list]) -> dict[str, list]:
+                return {"source": batch[cfg.source_column], "target": batch[cfg.target_column]}
+
+        out[split] = ds.map(pick, batched=True, remove_columns=ds.column_names, desc=f"reading {split}")
+    return out, None
+
+
+def model_kwargs(names: list[str] | None) -> dict[str, Any]:
+    return {}
+
+
+def tokenize(splits: DatasetDict, tokenizer: Any, cfg: DataConfig) -> DatasetDict:
+    """Sources (with ``source_prefix``) and targets to token ids, truncated with a warning.
+
+    Sources longer than ``data.max_length`` (or than the tokenizer's ``model_max_length``, if
+    smaller) and targets longer than ``data.max_target_length`` are cut, and the counts logged.
+    """
+    source_limit = cfg.max_length
+    model_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_limit, int) and 0 < model_limit < source_limit:
+        log.warning("data.max_length %d is more than the model allows; using %d", source_limit, model_limit)
+        source_limit = model_limit
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        sources = [cfg.source_prefix + s for s in batch["source"]]
+        full = tokenizer(sources)["input_ids"]
+        enc = tokenizer(sources, max_length=source_limit, truncation=True)
+        full_targets = tokenizer(text_target=batch["target"])["input_ids"]
+        labels = tokenizer(text_target=batch["target"], max_length=cfg.max_target_length, truncation=True)[
+            "input_ids"
+        ]
+        enc["labels"] = labels
+        enc["source_truncated"] = [len(f) > source_limit for f in full]
+        enc["target_truncated"] = [len(f) > cfg.max_target_length for f in full_targets]
+        return enc
+
+    out = DatasetDict()
+    for split, ds in splits.items():
+        tokenized = ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {split}")
+        for side, limit in (("source", source_limit), ("target", cfg.max_target_length)):
+            cut = sum(tokenized[f"{side}_truncated"])
+            if cut:
+                log.warning(
+                    "split '%s': %d %ss longer than %d tokens were truncated", split, cut, side, limit
+                )
+        out[split] = tokenized.remove_columns(["source_truncated", "target_truncated"])
+    return out
+
+
+class Seq2SeqCollator:
+    """Pads inputs (tokenizer's pad id) and labels (-100), and builds ``decoder_input_ids``.
+
+    ``decoder_input_ids`` are the labels shifted right behind the decoder start token, as the
+    models build them themselves when given labels: the loss step passes them explicitly because
+    it calls the models without labels (the losses are computed outside).
+    """
+
+    def __init__(self, tokenizer: Any, model_config: Any):
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id
+        start = getattr(model_config, "decoder_start_token_id", None)
+        self.start_id = start if start is not None else self.pad_id
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        labels = [list(r["labels"]) for r in rows]
+        inputs = self.tokenizer.pad(
+            [{k: v for k, v in r.items() if k != "labels"} for r in rows], return_tensors="pt"
+        )
+        width = max(len(x) for x in labels)
+        padded = torch.full((len(rows), width), -100, dtype=torch.long)
+        for i, ids in enumerate(labels):
+            padded[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        decoder = torch.full_like(padded, self.pad_id)
+        decoder[:, 0] = self.start_id
+        decoder[:, 1:] = padded[:, :-1].masked_fill(padded[:, :-1] == -100, self.pad_id)
+        return {**inputs, "labels": padded, "decoder_input_ids": decoder}
+
+
+def collator(tokenizer: Any, model_config: Any = None) -> Seq2SeqCollator:
+    return Seq2SeqCollator(tokenizer, model_config)
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def infer(model: Any, batch: dict[str, torch.Tensor], settings: Any = None) -> torch.Tensor:
+    """Generation, as serving does it: beam search with the recipe's beams and length limit."""
+    beams = getattr(settings, "num_beams", 4)
+    max_new = getattr(settings, "max_new_tokens", 64)
+    return model.generate(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        num_beams=beams,
+        max_new_tokens=max_new,
+        do_sample=False,
+    )
+
+
+def eval_step(
+    model: Any, batch: dict[str, torch.Tensor], settings: Any = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generated and reference token ids, ``(batch, length)`` each, padding as -100."""
+    generated = infer(model, batch, settings)
+    pad = getattr(model.config, "pad_token_id", None)
+    if pad is not None:
+        generated = generated.masked_fill(generated == pad, -100)
+    return generated, batch["labels"]
+
+
+def decode(tokenizer: Any, rows: list[list[int]]) -> list[str]:
+    cleaned = [[t for t in row if t >= 0] for row in rows]
+    return [t.strip() for t in tokenizer.batch_decode(cleaned, skip_special_tokens=True)]
+
+
+def compute_metrics(predictions: list, references: list, tokenizer: Any = None) -> dict[str, float]:
+    """Corpus BLEU and chrF (sacrebleu defaults) of the detokenized outputs against the references."""
+    hypotheses = decode(tokenizer, predictions)
+    refs = decode(tokenizer, references)
+    return {
+        "bleu": float(sacrebleu.corpus_bleu(hypotheses, [refs]).score),
+        "chrf": float(sacrebleu.corpus_chrf(hypotheses, [refs]).score),
+    }
