@@ -24,6 +24,7 @@ STUDENT_INITS = ("copy_layers", "from_config", "pretrained")
 PRECISIONS = ("no", "bf16", "fp16")
 TEACHER_DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULERS = ("linear", "cosine", "constant")
+SEQUENCE_KD = ("replace", "mix")
 
 
 @dataclass
@@ -181,6 +182,8 @@ class LossConfig:
     hidden_weight: float = 0.0  # weight of the hidden-state loss
     layer_map: dict[int, int] | None = None  # student layer -> teacher layer (default: the copied layers)
     chunk_tokens: int = 1024  # soft loss over this many target tokens at a time (0: all at once)
+    sequence_kd: str = ""  # translation: "" (off) | replace (train on the teacher's beam outputs) | mix (references + outputs)
+    sequence_kd_beams: int = 4  # beams of the teacher's generation for sequence-level KD
 
     def check(self, key: str) -> None:
         one_of(f"{key}.soft", self.soft, SOFT_LOSSES)
@@ -191,6 +194,9 @@ class LossConfig:
             one_of(f"{key}.hidden", self.hidden, HIDDEN_LOSSES)
         non_negative(f"{key}.hidden_weight", self.hidden_weight)
         non_negative(f"{key}.chunk_tokens", self.chunk_tokens)
+        if self.sequence_kd:
+            one_of(f"{key}.sequence_kd", self.sequence_kd, SEQUENCE_KD)
+        positive(f"{key}.sequence_kd_beams", self.sequence_kd_beams)
         if self.hidden_weight > 0 and not self.hidden:
             raise DistillError(f"{key}.hidden: choose mse or cosine when {key}.hidden_weight > 0")
         if self.layer_map is not None and any(i < 0 for pair in self.layer_map.items() for i in pair):

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from datasets import DatasetDict
+from datasets import DatasetDict, concatenate_datasets
 from transformers import AutoConfig, AutoTokenizer
 
 from distill import tasks
@@ -38,12 +38,14 @@ from distill.modeling import (
     num_layers,
 )
 from distill.report import compare, format_results
+from distill.seqkd import pseudo_targets
 
 log = logging.getLogger(__name__)
 
 TEACHER_DIR = "teacher"  # the fine-tuned teacher, when the recipe fine-tunes one
 STUDENT_DIR = "student"  # the final student: save_pretrained + tokenizer
 STAGES_DIR = "stages"  # per-stage checkpoints
+PSEUDO_DIR = "pseudo_targets"  # sequence-level KD: the teacher's outputs for the training sources
 FINETUNE_MARKER = "distill_finetune.json"  # written last into TEACHER_DIR: the stage is complete
 
 
@@ -156,13 +158,27 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         )
         projection = HiddenProjection(layer_map, hidden_size(student.config), hidden_size(teacher.config))
     loss_step = LossStep(task, cfg.loss, teacher=teacher, projection=projection)
+    train_split = tokenized["train"]
+    if cfg.loss.sequence_kd:
+        pseudo = pseudo_targets(
+            accelerator,
+            teacher,
+            train_split,
+            collate,
+            out / PSEUDO_DIR,
+            settings=_pseudo_settings(cfg),
+            batch_size=cfg.eval.batch_size,
+        )
+        train_split = (
+            pseudo if cfg.loss.sequence_kd == "replace" else concatenate_datasets([train_split, pseudo])
+        )
     student, result = train(
         accelerator,
         name="distill",
         cfg=cfg.train,
         student=student,
         loss_step=loss_step,
-        train_dataset=tokenized["train"],
+        train_dataset=train_split,
         eval_dataset=eval_split,
         collate=collate,
         task=task,
@@ -188,6 +204,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         copied,
         result.metrics,
     )
+    results["train_examples"] = len(train_split)
     results["history"] = result.history
     if accelerator.is_main_process:
         (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
@@ -337,6 +354,19 @@ def _finetune_settings(cfg: RecipeConfig) -> dict[str, Any]:
     settings.update({f"teacher.finetune.{k}": v for k, v in to_dict(cfg.teacher.finetune).items()})
     settings.update({f"data.{k}": v for k, v in to_dict(cfg.data).items()})
     return json.loads(json.dumps(settings))
+
+
+def _pseudo_settings(cfg: RecipeConfig) -> dict[str, Any]:
+    """What decides the teacher's outputs: reuse them only if all of this is unchanged."""
+    settings = _finetune_settings(cfg)
+    settings.update(
+        {
+            "teacher.dtype": cfg.teacher.dtype,
+            "num_beams": cfg.loss.sequence_kd_beams,
+            "max_new_tokens": cfg.data.max_target_length,
+        }
+    )
+    return settings
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
