@@ -59,12 +59,43 @@ class TeacherConfig:
     name_or_path: str = ""  # hub id, local folder, or pkg:PACKAGE/sub/folder (a folder shipped in a package)
     dtype: str = "float32"  # dtype of the frozen teacher: float32 | bfloat16 | float16
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    architecture: dict[str, Any] = field(
+        default_factory=dict
+    )  # build from scratch instead: model_type + config fields
+    tokenizer_vocab_size: int = (
+        8000  # with architecture: pieces of the tokenizer trained on the training texts
+    )
+    train: FinetuneConfig = field(
+        default_factory=FinetuneConfig
+    )  # with architecture: the stage that trains it
 
     def check(self, key: str) -> None:
-        if not self.name_or_path:
+        if self.architecture:
+            if self.name_or_path:
+                raise DistillError(f"{key}: give {key}.name_or_path or {key}.architecture, not both")
+            if "model_type" not in self.architecture:
+                raise DistillError(f"{key}.architecture.model_type: required (e.g. marian)")
+            if not self.train.enabled:
+                raise DistillError(
+                    f"{key}.train.enabled: a teacher built from {key}.architecture must be trained"
+                )
+            if self.finetune.enabled:
+                raise DistillError(f"{key}.finetune: a teacher built from scratch is trained by {key}.train")
+            positive(f"{key}.tokenizer_vocab_size", self.tokenizer_vocab_size)
+        elif not self.name_or_path:
             raise DistillError(f"{key}.name_or_path: required (a hub id or a local folder)")
+        elif self.train.enabled:
+            raise DistillError(
+                f"{key}.train: only for a teacher built from {key}.architecture; use {key}.finetune"
+            )
         one_of(f"{key}.dtype", self.dtype, TEACHER_DTYPES)
         self.finetune.check(f"{key}.finetune")
+        self.train.check(f"{key}.train")
+
+    @property
+    def stage(self) -> FinetuneConfig:
+        """The teacher's training stage: ``train`` for a teacher built from scratch, else ``finetune``."""
+        return self.train if self.architecture else self.finetune
 
 
 @dataclass
@@ -116,6 +147,13 @@ class DataConfig:
     dataset: str = ""  # hub dataset name (e.g. nyu-mll/glue); leave empty to use `files`
     dataset_config: str = ""  # hub dataset configuration (e.g. sst2)
     files: dict[str, str] = field(default_factory=dict)  # split -> csv / json / jsonl / parquet file
+    synthetic: str = (
+        ""  # generate the data instead: num2words (pairs in source_column / target_column languages)
+    )
+    synthetic_examples: int = (
+        20000  # synthetic: examples in all (validation_size and test_size of them held out)
+    )
+    synthetic_max_number: int = 10_000_000  # synthetic num2words: numbers are drawn below this
     encoding: str = "utf-8"  # text encoding of csv files
     text_column: str = "text"  # classification: column with the input text
     text_pair_column: str = ""  # classification: optional second text column (sentence pairs)
@@ -144,10 +182,20 @@ class DataConfig:
     seed: int = 1234  # seed of the carved splits and of the subsampling
 
     def check(self, key: str) -> None:
-        if not self.dataset and not self.files:
-            raise DistillError(f"{key}: give either {key}.dataset (a hub name) or {key}.files (local files)")
-        if self.dataset and self.files:
-            raise DistillError(f"{key}: give {key}.dataset or {key}.files, not both")
+        sources = [name for name in ("dataset", "files", "synthetic") if getattr(self, name)]
+        if not sources:
+            raise DistillError(
+                f"{key}: give {key}.dataset (a hub name), {key}.files (local files) or {key}.synthetic"
+            )
+        if len(sources) > 1:
+            raise DistillError(
+                f"{key}: give one of {key}.dataset, {key}.files, {key}.synthetic; got {', '.join(sources)}"
+            )
+        if self.synthetic:
+            one_of(f"{key}.synthetic", self.synthetic, ("num2words",))
+            positive(f"{key}.synthetic_examples", self.synthetic_examples)
+            if self.synthetic_max_number < 10:
+                raise DistillError(f"{key}.synthetic_max_number: must be at least 10")
         if not self.text_column:
             raise DistillError(f"{key}.text_column: required")
         if not self.label_column:

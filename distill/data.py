@@ -83,6 +83,10 @@ def load_raw(cfg: DataConfig, columns: dict[str, str]) -> DatasetDict:
 
 
 def _load(cfg: DataConfig) -> DatasetDict:
+    if cfg.synthetic:
+        from distill.synthetic import SYNTHETIC
+
+        return SYNTHETIC[cfg.synthetic](cfg)
     if cfg.dataset:
         try:
             loaded = datasets.load_dataset(cfg.dataset, cfg.dataset_config or None)

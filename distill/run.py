@@ -6,6 +6,7 @@ never leaves a half-written output folder.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from distill.modeling import (
 )
 from distill.report import compare, format_results
 from distill.seqkd import pseudo_targets
+from distill.tokenizer_training import check_round_trip, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -67,22 +69,24 @@ def prepare(cfg: RecipeConfig) -> Plan:
     task = tasks.TASKS[cfg.task]
     out = Path(cfg.output.dir)
     finetuned = out / TEACHER_DIR
-    reuse = cfg.teacher.finetune.enabled and (finetuned / FINETUNE_MARKER).is_file()
+    reuse = cfg.teacher.stage.enabled and (finetuned / FINETUNE_MARKER).is_file()
     if reuse:
         recorded = json.loads((finetuned / FINETUNE_MARKER).read_text())["settings"]
-        if recorded != _finetune_settings(cfg):
-            changed = sorted(
-                k
-                for k in set(recorded) | set(_finetune_settings(cfg))
-                if recorded.get(k) != _finetune_settings(cfg).get(k)
-            )
+        current = _finetune_settings(cfg)
+        if recorded != current:
+            changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
             raise DistillError(
-                f"{finetuned} was fine-tuned with other settings ({', '.join(changed)} changed); "
+                f"{finetuned} was trained with other settings ({', '.join(changed)} changed); "
                 "choose another output.dir or delete that folder"
             )
-    teacher_source = str(finetuned) if reuse else cfg.teacher.name_or_path
-    teacher_config = load_pretrained(AutoConfig.from_pretrained, teacher_source, "teacher")
-    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, teacher_source, "teacher tokenizer")
+    # The teacher first (a bad id fails fast); a teacher built from scratch needs the data first.
+    source = str(finetuned) if reuse else cfg.teacher.name_or_path
+    if source:
+        teacher_config = load_pretrained(AutoConfig.from_pretrained, source, "teacher")
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, "teacher tokenizer")
+    raw = load_raw(cfg.data, task.columns(cfg.data))
+    if not source:
+        tokenizer, teacher_config = _new_teacher_config(cfg, raw, task)
 
     n_teacher = num_layers(teacher_config)
     n_student = _student_depth(cfg, n_teacher)
@@ -95,8 +99,7 @@ def prepare(cfg: RecipeConfig) -> Plan:
     if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise DistillError("train.mixed_precision: fp16 needs a GPU; use bf16 or no on a CPU")
 
-    raw = load_raw(cfg.data, task.columns(cfg.data))
-    head_trained = reuse or not cfg.teacher.finetune.enabled
+    head_trained = reuse or not cfg.teacher.stage.enabled
     splits, label_names = task.prepare_targets(raw, cfg.data, teacher_config, head_trained)
     if "test" not in splits:
         log.warning("no test split: the final report compares teacher and student on the validation split")
@@ -141,7 +144,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
     collate = task.collator(plan.tokenizer, teacher.config)
     eval_split = tokenized["validation"]
 
-    if cfg.teacher.finetune.enabled and not plan.reuse_teacher:
+    if cfg.teacher.stage.enabled and not plan.reuse_teacher:
         teacher = _finetune_teacher(accelerator, plan, teacher, tokenized, collate, resume)
 
     set_seed(cfg.train.seed)
@@ -230,6 +233,8 @@ def _load_teacher(plan: Plan) -> torch.nn.Module:
     cfg, task = plan.cfg, plan.task
     if plan.reuse_teacher:
         return task.MODEL_CLASS.from_pretrained(Path(cfg.output.dir) / TEACHER_DIR)
+    if cfg.teacher.architecture:
+        return task.MODEL_CLASS.from_config(plan.teacher_config)
     if cfg.teacher.finetune.enabled:
         return load_pretrained(
             task.MODEL_CLASS.from_pretrained,
@@ -260,7 +265,8 @@ def _finetune_teacher(
     resume: bool,
 ) -> torch.nn.Module:
     cfg = plan.cfg
-    ft = cfg.teacher.finetune
+    ft = cfg.teacher.stage
+    name = "teacher-train" if cfg.teacher.architecture else "teacher-finetune"
     out = Path(cfg.output.dir)
     stage_cfg = TrainConfig(
         steps=ft.steps,
@@ -279,7 +285,7 @@ def _finetune_teacher(
     set_seed(cfg.train.seed)
     model, result = train(
         accelerator,
-        name="teacher-finetune",
+        name=name,
         cfg=stage_cfg,
         student=teacher,
         loss_step=LossStep(plan.task),
@@ -287,7 +293,7 @@ def _finetune_teacher(
         eval_dataset=tokenized["validation"],
         collate=collate,
         task=plan.task,
-        stage_dir=out / STAGES_DIR / "teacher_finetune",
+        stage_dir=out / STAGES_DIR / name.replace("-", "_"),
         eval_batch_size=cfg.eval.batch_size,
         resume=resume,
         tokenizer=plan.tokenizer,
@@ -298,7 +304,7 @@ def _finetune_teacher(
     if accelerator.is_main_process:
         marker = {"settings": _finetune_settings(cfg), "validation": result.metrics}
         (out / TEACHER_DIR / FINETUNE_MARKER).write_text(json.dumps(marker, indent=2))
-        shutil.rmtree(out / STAGES_DIR / "teacher_finetune", ignore_errors=True)
+        shutil.rmtree(out / STAGES_DIR / name.replace("-", "_"), ignore_errors=True)
     accelerator.free_memory()
     return teacher
 
@@ -350,10 +356,61 @@ def _set_labels(model: torch.nn.Module, names: list[str] | None) -> None:
 
 def _finetune_settings(cfg: RecipeConfig) -> dict[str, Any]:
     """What decides the fine-tuned teacher: reuse it only if all of this is unchanged."""
-    settings = {"teacher.name_or_path": cfg.teacher.name_or_path, "train.seed": cfg.train.seed}
-    settings.update({f"teacher.finetune.{k}": v for k, v in to_dict(cfg.teacher.finetune).items()})
+    settings: dict[str, Any] = {"train.seed": cfg.train.seed}
+    settings.update(
+        {
+            f"teacher.{k}": v
+            for k, v in to_dict(cfg.teacher).items()
+            if k not in ("dtype", "finetune", "train")
+        }
+    )
+    stage = "train" if cfg.teacher.architecture else "finetune"
+    settings.update({f"teacher.{stage}.{k}": v for k, v in to_dict(cfg.teacher.stage).items()})
     settings.update({f"data.{k}": v for k, v in to_dict(cfg.data).items()})
     return json.loads(json.dumps(settings))
+
+
+def _new_teacher_config(cfg: RecipeConfig, raw: DatasetDict, task: ModuleType) -> tuple[Any, Any]:
+    """For a teacher built from scratch: a tokenizer trained on the training texts, and the config."""
+    from transformers import CONFIG_MAPPING
+
+    arch = dict(cfg.teacher.architecture)
+    model_type = arch.pop("model_type")
+    if model_type not in CONFIG_MAPPING:
+        close = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise DistillError(f"teacher.architecture.model_type: unknown model type '{model_type}'{hint}")
+    known = CONFIG_MAPPING[model_type]().to_dict()
+    for key in arch:
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise DistillError(f"teacher.architecture.{key}: not a field of a {model_type} config{hint}")
+
+    def texts():
+        for column in task.columns(cfg.data).values():
+            for value in raw["train"][column]:
+                yield from (value.values() if isinstance(value, dict) else [value])
+
+    tokenizer = train_tokenizer(
+        texts(), cfg.teacher.tokenizer_vocab_size, model_max_length=cfg.data.max_length
+    )
+    held_out = [raw[s] for s in ("validation", "test") if s in raw]
+    check_round_trip(
+        tokenizer,
+        (
+            t
+            for ds in held_out
+            for column in task.columns(cfg.data).values()
+            for v in ds[column]
+            for t in (v.values() if isinstance(v, dict) else [v])
+        ),
+    )
+    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if CONFIG_MAPPING[model_type]().is_encoder_decoder:
+        ids.update(decoder_start_token_id=tokenizer.pad_token_id, forced_eos_token_id=tokenizer.eos_token_id)
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **ids, **arch)
+    return tokenizer, config
 
 
 def _pseudo_settings(cfg: RecipeConfig) -> dict[str, Any]:

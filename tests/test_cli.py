@@ -107,7 +107,7 @@ def test_finetune_stage_saves_and_reuses_the_teacher(tmp_path, data_csv, capsys)
 
     # Changed fine-tuning settings do not silently reuse the old teacher.
     assert run_cli("run", recipe, "output.overwrite=true", "teacher.finetune.steps=9") == 2
-    assert "was fine-tuned with other settings (teacher.finetune.steps changed)" in capsys.readouterr().err
+    assert "was trained with other settings (teacher.finetune.steps changed)" in capsys.readouterr().err
 
 
 def test_existing_outputs_are_not_overwritten_by_accident(tmp_path, teacher_dir, data_csv, capsys):
