@@ -1,10 +1,11 @@
 """Every recipe file loads and validates; hub recipes are validated against local stand-ins."""
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import save_tiny_bert, write_csv
+from conftest import save_tiny_bert, save_tiny_marian, translation_rows, write_csv
 
 from distill.config import load_recipe
 from distill.run import prepare
@@ -14,7 +15,13 @@ RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.ya
 
 def test_there_are_recipes():
     names = {p.stem for p in RECIPES}
-    assert {"quickstart", "sst2_bert_base"} <= names
+    assert {
+        "quickstart",
+        "sst2_bert_base",
+        "num2words_en_fr",
+        "wmt16_en_de_opus_mt",
+        "wmt14_en_fr_t5",
+    } <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
@@ -40,37 +47,63 @@ def test_quickstart_validates_offline(tmp_path):
     assert not (texts[0] & texts[2]) and not (texts[0] & texts[1])
 
 
-HUB = [p for p in RECIPES if not yaml.safe_load(p.read_text())["teacher"]["name_or_path"].startswith("pkg:")]
+def _teacher_id(path: Path) -> str:
+    return yaml.safe_load(path.read_text())["teacher"].get("name_or_path") or ""
+
+
+HUB = [p for p in RECIPES if _teacher_id(p) and not _teacher_id(p).startswith("pkg:")]
+
+
+def test_num2words_recipe_validates_offline(tmp_path):
+    cfg = load_recipe(
+        RECIPES[[p.stem for p in RECIPES].index("num2words_en_fr")], [f"output.dir={tmp_path / 'n'}"]
+    )
+    plan = prepare(cfg)
+    assert [len(plan.splits[s]) for s in ("train", "validation", "test")] == [18500, 500, 1000]
+    assert plan.teacher_config.model_type == "marian" and plan.teacher_config.vocab_size == len(
+        plan.tokenizer
+    )
+    for text in plan.splits["test"]["target"][:200]:  # round trip on unseen French
+        ids = plan.tokenizer(text)["input_ids"]
+        assert plan.tokenizer.decode(ids, skip_special_tokens=True) == text
 
 
 @pytest.mark.parametrize("path", HUB, ids=lambda p: p.stem)
 def test_hub_recipe_validates_against_local_stand_ins(path, tmp_path):
-    """Same recipe, with the hub teacher and data replaced by local files of the same shape."""
-    raw = yaml.safe_load(path.read_text())
+    """Same recipe, with the hub models and data replaced by local ones of the same shape."""
     cfg = load_recipe(path)
-    assert "/" in cfg.teacher.name_or_path and (cfg.data.dataset or cfg.data.files)
-    teacher = save_tiny_bert(
-        tmp_path / "teacher",
-        num_hidden_layers=12,
-        num_labels=2,
-        id2label={0: "LABEL_0", 1: "LABEL_1"},
-        label2id={"LABEL_0": 0, "LABEL_1": 1},
-    )
+    assert "/" in cfg.teacher.name_or_path and cfg.data.dataset
     data = cfg.data
-    rows = [{data.text_column: f"good movie number {i}", data.label_column: i % 2} for i in range(3000)]
-    files = {data.train_split: str(write_csv(tmp_path / "train.csv", rows))}
-    if data.test_split:
-        files[data.test_split] = str(write_csv(tmp_path / "test.csv", rows[:50]))
-    local = load_recipe(
-        path,
-        [
-            f"teacher.name_or_path={teacher}",
-            "data.dataset=",
-            "data.dataset_config=",
-            f"data.files={files}",
-            f"output.dir={tmp_path / 'out'}",
-        ],
-    )
+    overrides = ["data.dataset=", "data.dataset_config=", f"output.dir={tmp_path / 'out'}"]
+    if cfg.task == "classification":
+        teacher = save_tiny_bert(
+            tmp_path / "teacher",
+            num_hidden_layers=12,
+            num_labels=2,
+            id2label={0: "LABEL_0", 1: "LABEL_1"},
+            label2id={"LABEL_0": 0, "LABEL_1": 1},
+        )
+        rows = [{data.text_column: f"good movie number {i}", data.label_column: i % 2} for i in range(3000)]
+        files = {data.train_split: str(write_csv(tmp_path / "train.csv", rows))}
+        if data.test_split:
+            files[data.test_split] = str(write_csv(tmp_path / "test.csv", rows[:50]))
+    else:
+        teacher = save_tiny_marian(tmp_path / "teacher", encoder_layers=6, decoder_layers=6)
+        if cfg.student.init == "pretrained":  # a smaller model with the very same tokenizer
+            overrides.append(
+                f"student.name_or_path={save_tiny_marian(tmp_path / 'student', decoder_layers=2)}"
+            )
+        pairs = [
+            {data.translation_column: {data.source_lang: r["en"], data.target_lang: r["fr"]}}
+            for r in translation_rows(300)
+        ]
+        files = {}
+        for split in {data.train_split, data.validation_split, data.test_split} - {""}:
+            file = tmp_path / f"{split}.jsonl"
+            file.write_text("\n".join(json.dumps(p) for p in pairs))
+            files[split] = str(file)
+    local = load_recipe(path, [f"teacher.name_or_path={teacher}", f"data.files={files}", *overrides])
     plan = prepare(local)
-    assert len(plan.label_names) == 2
-    assert raw["train"]["steps"] > 0 and len(plan.splits["validation"]) == data.validation_size
+    assert {"train", "validation"} <= set(plan.splits)
+    if cfg.task == "classification":
+        assert len(plan.label_names) == 2 and len(plan.splits["validation"]) == data.validation_size

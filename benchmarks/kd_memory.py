@@ -1,0 +1,146 @@
+"""Peak memory and time of a word-level KD step over a student-only cross-entropy step, Marian-size vocabulary.
+
+    python benchmarks/kd_memory.py [--batch 16] [--src-len 32] [--tgt-len 32] [--vocab 58101] [--device cpu|cuda]
+
+Teacher: a Marian model of opus-mt size (d_model 512, 6 + 6 layers, 58,101-word vocabulary, random
+weights: memory and time do not depend on their values). Student: its encoder and 1 decoder layer.
+Both models are resident in every measurement, so the ratios compare the steps, not the weights.
+
+- ce:        student only: forward with labels (the model's own loss), backward, AdamW step
+- kd:        distill's step: LossStep (0.5 KL at T=2, chunked over 1,024 tokens + 0.5 CE), backward, AdamW
+- kd_whole:  the same with the KL computed over all tokens at once (loss.chunk_tokens=0)
+
+On CPU each variant runs in a fresh process and its peak resident memory during the step is read
+from /proc (VmHWM, reset before the step); on CUDA, torch's peak allocated memory. "working" is the
+peak minus the memory held just before the step (models, optimizer state after a warm-up step).
+Target: kd peak / ce peak <= 1.15.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def measure(variant: str, args: argparse.Namespace) -> dict[str, float]:
+    from accelerate import Accelerator
+    from transformers import MarianConfig, MarianMTModel
+
+    from distill.config import LossConfig
+    from distill.loop import LossStep, backward_step
+    from distill.modeling import copy_encoder_decoder_layers, freeze
+    from distill.tasks import translation
+
+    torch.manual_seed(0)
+    config = MarianConfig(
+        vocab_size=args.vocab, d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
+        decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048, pad_token_id=args.vocab - 1,
+        decoder_start_token_id=args.vocab - 1, eos_token_id=0, max_position_embeddings=512,
+    )
+    teacher = MarianMTModel(config)
+    student = copy_encoder_decoder_layers(teacher, list(range(6)), [0])
+    teacher = freeze(teacher)
+    accelerator = Accelerator(cpu=args.device == "cpu")
+    device = accelerator.device
+    teacher.to(device)
+    student, optimizer = accelerator.prepare(student, torch.optim.AdamW(student.parameters(), lr=1e-5))
+    student.train()
+    g = torch.Generator().manual_seed(1)
+    batch = {
+        "input_ids": torch.randint(1, args.vocab - 1, (args.batch, args.src_len), generator=g),
+        "attention_mask": torch.ones(args.batch, args.src_len, dtype=torch.long),
+        "labels": torch.randint(1, args.vocab - 1, (args.batch, args.tgt_len), generator=g),
+    }
+    batch["decoder_input_ids"] = torch.cat(
+        [torch.full((args.batch, 1), args.vocab - 1), batch["labels"][:, :-1]], dim=1
+    )
+    batch = {k: v.to(device) for k, v in batch.items()}
+    chunk = 0 if variant == "kd_whole" else 1024
+    loss_step = LossStep(translation, LossConfig(alpha=0.5, temperature=2.0, chunk_tokens=chunk), teacher=teacher)
+
+    def step() -> None:
+        if variant == "ce":
+            accelerator.backward(student(**batch).loss)
+        else:
+            backward_step(accelerator, student, loss_step, [batch])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up: optimizer state exists from here on, as in training
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        before = rss_kb("VmRSS") * 1024
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        step()
+        peak = rss_kb("VmHWM") * 1024
+    return {"peak_mb": peak / 2**20, "working_mb": (peak - before) / 2**20, "step_s": statistics.median(times)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--src-len", type=int, default=32)
+    parser.add_argument("--tgt-len", type=int, default=32)
+    parser.add_argument("--vocab", type=int, default=58101)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(measure(args.variant, args)))
+        return
+
+    results = {}
+    for variant in ("ce", "kd", "kd_whole"):
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+            results[variant] = measure(variant, args)
+        else:  # a fresh process each: a peak of resident memory cannot be reset across allocations already freed
+            cmd = [sys.executable, __file__, "--variant", variant] + [
+                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "variant"
+            ]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            results[variant] = json.loads(out.strip().splitlines()[-1])
+    print(
+        f"device {args.device}, batch {args.batch}, source {args.src_len} / target {args.tgt_len} tokens, "
+        f"vocabulary {args.vocab}, teacher 6+6 layers d512, student 6+1"
+    )
+    print(f"{'step':<10}{'peak MB':>10}{'working MB':>12}{'time s':>9}")
+    for variant, r in results.items():
+        print(f"{variant:<10}{r['peak_mb']:>10.0f}{r['working_mb']:>12.0f}{r['step_s']:>9.3f}")
+    ce, kd, whole = results["ce"], results["kd"], results["kd_whole"]
+    print(f"peak memory kd / ce: {kd['peak_mb'] / ce['peak_mb']:.3f}  (target <= 1.15)")
+    print(f"working memory kd / ce: {kd['working_mb'] / ce['working_mb']:.3f}")
+    print(f"peak memory kd_whole / ce: {whole['peak_mb'] / ce['peak_mb']:.3f}  (the KL over all tokens at once)")
+    print(f"step time kd / ce: {kd['step_s'] / ce['step_s']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
