@@ -47,9 +47,18 @@ def measure(variant: str, args: argparse.Namespace) -> dict[str, float]:
 
     torch.manual_seed(0)
     config = MarianConfig(
-        vocab_size=args.vocab, d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
-        decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048, pad_token_id=args.vocab - 1,
-        decoder_start_token_id=args.vocab - 1, eos_token_id=0, max_position_embeddings=512,
+        vocab_size=args.vocab,
+        d_model=512,
+        encoder_layers=6,
+        decoder_layers=6,
+        encoder_attention_heads=8,
+        decoder_attention_heads=8,
+        encoder_ffn_dim=2048,
+        decoder_ffn_dim=2048,
+        pad_token_id=args.vocab - 1,
+        decoder_start_token_id=args.vocab - 1,
+        eos_token_id=0,
+        max_position_embeddings=512,
     )
     teacher = MarianMTModel(config)
     student = copy_encoder_decoder_layers(teacher, list(range(6)), [0])
@@ -70,7 +79,9 @@ def measure(variant: str, args: argparse.Namespace) -> dict[str, float]:
     )
     batch = {k: v.to(device) for k, v in batch.items()}
     chunk = 0 if variant == "kd_whole" else 1024
-    loss_step = LossStep(translation, LossConfig(alpha=0.5, temperature=2.0, chunk_tokens=chunk), teacher=teacher)
+    loss_step = LossStep(
+        translation, LossConfig(alpha=0.5, temperature=2.0, chunk_tokens=chunk), teacher=teacher
+    )
 
     def step() -> None:
         if variant == "ce":
@@ -100,7 +111,11 @@ def measure(variant: str, args: argparse.Namespace) -> dict[str, float]:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
         step()
         peak = rss_kb("VmHWM") * 1024
-    return {"peak_mb": peak / 2**20, "working_mb": (peak - before) / 2**20, "step_s": statistics.median(times)}
+    return {
+        "peak_mb": peak / 2**20,
+        "working_mb": (peak - before) / 2**20,
+        "step_s": statistics.median(times),
+    }
 
 
 def main() -> None:
@@ -138,7 +153,9 @@ def main() -> None:
     ce, kd, whole = results["ce"], results["kd"], results["kd_whole"]
     print(f"peak memory kd / ce: {kd['peak_mb'] / ce['peak_mb']:.3f}  (target <= 1.15)")
     print(f"working memory kd / ce: {kd['working_mb'] / ce['working_mb']:.3f}")
-    print(f"peak memory kd_whole / ce: {whole['peak_mb'] / ce['peak_mb']:.3f}  (the KL over all tokens at once)")
+    print(
+        f"peak memory kd_whole / ce: {whole['peak_mb'] / ce['peak_mb']:.3f}  (the KL over all tokens at once)"
+    )
     print(f"step time kd / ce: {kd['step_s'] / ce['step_s']:.3f}")
 
 

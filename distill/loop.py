@@ -32,7 +32,7 @@ from transformers import get_scheduler
 
 from distill.config import LossConfig, TrainConfig
 from distill.errors import DistillError
-from distill.losses import HIDDEN_LOSSES, SOFT_LOSSES, chunked, hard_ce, kd_mix
+from distill.losses import HIDDEN_LOSSES, SOFT_LOSSES, chunked_kd_mix, hard_ce, kd_mix
 from distill.modeling import HiddenProjection
 
 log = logging.getLogger(__name__)
@@ -76,26 +76,41 @@ class LossStep:
                 teacher_out = self.teacher(**inputs, output_hidden_states=self.use_hidden)
         student_out = student(**inputs, output_hidden_states=self.use_hidden)
         mask = labels != -100  # (batch,) for classification, (batch, target_len) for seq2seq
+        items = mask.sum()
+        loss = self.loss
+        kwargs = {"beta": loss.jsd_beta} if loss is not None and loss.soft == "jsd" else {}
+        if self.use_soft and student_out.logits.ndim == 3 and loss.chunk_tokens > 0 and not self.use_hidden:
+            # Per-token KD over a large vocabulary: soft and hard losses in one chunked pass
+            # (see losses.chunked_kd_mix); no full float32 [tokens, vocab] copies.
+            total, soft, hard = chunked_kd_mix(
+                SOFT_LOSSES[loss.soft],
+                student_out.logits,
+                teacher_out.logits,
+                labels,
+                alpha=loss.alpha,
+                chunk=loss.chunk_tokens,
+                temperature=loss.temperature,
+                **kwargs,
+            )
+            return {
+                "loss": total,
+                "hard": hard,
+                "soft": soft,
+                "hidden": torch.zeros_like(soft),
+                "items": items,
+            }
         hard = hard_ce(student_out.logits, labels)
         zero = hard.new_zeros(())
-        out = {"hard": hard, "soft": zero, "hidden": zero, "items": mask.sum()}
+        out = {"hard": hard, "soft": zero, "hidden": zero, "items": items}
         if teacher_out is None:
             out["loss"] = hard
             return out
-        assert self.loss is not None
+        assert loss is not None
         if self.use_soft:
             # clone(): inference tensors cannot be saved for backward; a copy made outside can.
             teacher_logits = teacher_out.logits.clone()
-            kwargs = {"beta": self.loss.jsd_beta} if self.loss.soft == "jsd" else {}
-            # Over a large vocabulary, a few target tokens at a time (see losses.chunked).
-            out["soft"] = chunked(
-                SOFT_LOSSES[self.loss.soft],
-                student_out.logits,
-                teacher_logits,
-                chunk=self.loss.chunk_tokens,
-                mask=mask,
-                temperature=self.loss.temperature,
-                **kwargs,
+            out["soft"] = SOFT_LOSSES[loss.soft](
+                student_out.logits, teacher_logits, temperature=loss.temperature, mask=mask, **kwargs
             )
         total = kd_mix(out["soft"], hard, alpha=self.loss.alpha)
         if self.use_hidden:

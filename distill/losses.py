@@ -180,5 +180,68 @@ def chunked(
     return _ChunkedSoftLoss.apply(student_logits, teacher_logits.detach(), mask, fn, chunk, kwargs)
 
 
+class _ChunkedKDMix(torch.autograd.Function):
+    """``alpha · soft + (1 − alpha) · hard``, chunk by chunk, with one gradient buffer for both.
+
+    The memory-lean form of :func:`kd_mix` over :func:`chunked` soft loss and :func:`hard_ce`:
+    the cross-entropy keeps no float32 log-probabilities of its own for backward, so a KD step
+    holds about as many ``[tokens, vocabulary]`` tensors as a plain cross-entropy step (the
+    student's logits, their gradient) plus the teacher's logits.
+    """
+
+    @staticmethod
+    def forward(ctx, student_logits, teacher_logits, labels, fn, alpha, chunk, kwargs):  # noqa: ANN001, ANN205
+        classes = student_logits.shape[-1]
+        flat_s = student_logits.reshape(-1, classes)
+        flat_t = teacher_logits.reshape(-1, classes)
+        flat_y = labels.reshape(-1)
+        grad = torch.empty_like(flat_s)
+        soft_total = flat_s.new_zeros((), dtype=torch.float32)
+        hard_total = flat_s.new_zeros((), dtype=torch.float32)
+        for start in range(0, flat_s.shape[0], chunk):
+            part = slice(start, start + chunk)
+            s = flat_s[part].detach().requires_grad_(True)
+            y = flat_y[part]
+            with torch.enable_grad():
+                # clone(): the teacher's logits may be inference tensors; a chunk's copy is not.
+                soft = fn(s, flat_t[part].clone(), mask=y != -100, **kwargs)
+                hard = hard_ce(s, y)
+                (g,) = torch.autograd.grad(alpha * soft + (1.0 - alpha) * hard, s)
+            grad[part] = g
+            soft_total = soft_total + soft.detach()
+            hard_total = hard_total + hard.detach()
+        ctx.save_for_backward(grad)
+        ctx.shape = student_logits.shape
+        ctx.mark_non_differentiable(soft_total, hard_total)
+        return alpha * soft_total + (1.0 - alpha) * hard_total, soft_total, hard_total
+
+    @staticmethod
+    def backward(ctx, grad_total, grad_soft, grad_hard):  # noqa: ANN001, ANN205
+        (grad,) = ctx.saved_tensors
+        # In place: the buffer is not needed again, and a copy would be one more [tokens, vocab].
+        return grad.mul_(grad_total.to(grad.dtype)).reshape(ctx.shape), None, None, None, None, None, None
+
+
+def chunked_kd_mix(
+    fn: Callable[..., Tensor],
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    *,
+    alpha: float,
+    chunk: int,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(alpha · soft + (1 − alpha) · hard, soft, hard)`` over items whose label is not -100,
+    ``chunk`` items at a time; only the first has a gradient (w.r.t. the student's logits).
+
+    Equal to ``kd_mix(fn(s, t, mask=labels != -100, **kwargs), hard_ce(s, labels), alpha=alpha)``
+    up to float summation order. The backward pass may be run once.
+    """
+    return _ChunkedKDMix.apply(
+        student_logits, teacher_logits.detach(), labels, fn, alpha, max(chunk, 1), kwargs
+    )
+
+
 SOFT_LOSSES = {"kl": soft_kl, "reverse_kl": reverse_kl, "jsd": jsd}
 HIDDEN_LOSSES = {"mse": hidden_mse, "cosine": hidden_cosine}

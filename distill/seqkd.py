@@ -53,6 +53,7 @@ def pseudo_targets(
             )
         return load_from_disk(str(folder / "dataset"))
 
+    teacher.to(accelerator.device)
     n_chunks = (len(train) + chunk_size - 1) // chunk_size
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)

@@ -167,3 +167,30 @@ def test_chunked_bf16_logits_keep_their_dtype_for_the_gradient():
     assert loss.dtype == torch.float32 and s.grad.dtype == torch.bfloat16
     ref = soft_kl(s.detach().float(), te.float(), temperature=4.0)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("name", list(SOFT))
+@pytest.mark.parametrize("chunk", [1, 5, 64, 1000])
+def test_chunked_kd_mix_equals_kd_mix_in_value_and_gradient(name, chunk):
+    from distill.losses import chunked_kd_mix
+
+    s = logits(3, 8, 40, seed=4).requires_grad_(True)
+    te = logits(3, 8, 40, seed=5)
+    labels = torch.randint(0, 40, (3, 8), generator=torch.Generator().manual_seed(6))
+    labels[0, 5:] = -100
+    labels[2, 2:] = -100
+    kwargs = {"beta": 0.7} if name == "jsd" else {}
+    soft = SOFT[name](s, te, temperature=3.0, mask=labels != -100, **kwargs)
+    hard = hard_ce(s, labels)
+    whole = kd_mix(soft, hard, alpha=0.4)
+    (g_whole,) = torch.autograd.grad(whole * 0.3, s)
+    total, soft_c, hard_c = chunked_kd_mix(
+        SOFT[name], s, te, labels, alpha=0.4, chunk=chunk, temperature=3.0, **kwargs
+    )
+    (g_chunk,) = torch.autograd.grad(total * 0.3, s)
+    assert total.item() == pytest.approx(whole.item(), rel=1e-5)
+    assert soft_c.item() == pytest.approx(soft.item(), rel=1e-5) and hard_c.item() == pytest.approx(
+        hard.item(), rel=1e-5
+    )
+    assert torch.allclose(g_chunk, g_whole, atol=1e-6, rtol=1e-5)
+    assert (g_chunk[labels == -100] == 0).all()

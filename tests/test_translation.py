@@ -299,7 +299,7 @@ def test_pseudo_targets_are_the_teachers_beam_outputs(tmp_path, tokenized):
         Accelerator(), teacher, train, collate, tmp_path / "p", settings=settings, batch_size=8, chunk_size=8
     )
     assert len(out) == 20 and out["input_ids"] == train["input_ids"]
-    batch = collate([train[i] for i in range(3)])
+    batch = {k: v.to(teacher.device) for k, v in collate([train[i] for i in range(3)]).items()}
     expected = teacher.generate(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
