@@ -1,6 +1,7 @@
 """Peak memory and time of a word-level KD step over a student-only cross-entropy step, Marian-size vocabulary.
 
     python benchmarks/kd_memory.py [--batch 16] [--src-len 32] [--tgt-len 32] [--vocab 58101] [--device cpu|cuda]
+                                   [--teacher-dtype float32|bfloat16]
 
 Teacher: a Marian model of opus-mt size (d_model 512, 6 + 6 layers, 58,101-word vocabulary, random
 weights: memory and time do not depend on their values). Student: its encoder and 1 decoder layer.
@@ -62,7 +63,7 @@ def measure(variant: str, args: argparse.Namespace) -> dict[str, float]:
     )
     teacher = MarianMTModel(config)
     student = copy_encoder_decoder_layers(teacher, list(range(6)), [0])
-    teacher = freeze(teacher)
+    teacher = freeze(teacher, args.teacher_dtype)
     accelerator = Accelerator(cpu=args.device == "cpu")
     device = accelerator.device
     teacher.to(device)
@@ -126,6 +127,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=58101)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--teacher-dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -145,7 +147,7 @@ def main() -> None:
             results[variant] = json.loads(out.strip().splitlines()[-1])
     print(
         f"device {args.device}, batch {args.batch}, source {args.src_len} / target {args.tgt_len} tokens, "
-        f"vocabulary {args.vocab}, teacher 6+6 layers d512, student 6+1"
+        f"vocabulary {args.vocab}, teacher 6+6 layers d512 ({args.teacher_dtype}), student 6+1"
     )
     print(f"{'step':<10}{'peak MB':>10}{'working MB':>12}{'time s':>9}")
     for variant, r in results.items():

@@ -55,13 +55,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     plan = prepare(cfg)
     sizes = ", ".join(f"{name} {len(split)}" for name, split in plan.splits.items())
     print(f"recipe OK: {cfg.description or args.recipe}")
+    source = (
+        cfg.teacher.name_or_path
+        or f"built from teacher.architecture, tokenizer of {len(plan.tokenizer)} pieces"
+    )
     print(
-        f"  teacher   {cfg.teacher.name_or_path} ({plan.teacher_config.model_type}, {plan.teacher_config.num_hidden_layers} layers)"
+        f"  teacher   {source} ({plan.teacher_config.model_type}, {plan.teacher_config.num_hidden_layers} layers)"
     )
     print(
         f"  student   {cfg.student.init}" + (f", layers {cfg.student.layers}" if cfg.student.layers else "")
     )
-    print(f"  labels    {plan.label_names}")
+    if plan.label_names is not None:
+        print(f"  labels    {plan.label_names}")
     print(f"  splits    {sizes}")
     print(f"  tokenizer {type(plan.tokenizer).__name__}, {len(plan.tokenizer)} tokens")
     return 0
