@@ -59,7 +59,7 @@ def test_num2words_recipe_validates_offline(tmp_path):
         RECIPES[[p.stem for p in RECIPES].index("num2words_en_fr")], [f"output.dir={tmp_path / 'n'}"]
     )
     plan = prepare(cfg)
-    assert [len(plan.splits[s]) for s in ("train", "validation", "test")] == [18500, 500, 1000]
+    assert [len(plan.splits[s]) for s in ("train", "validation", "test")] == [14500, 500, 1000]
     assert plan.teacher_config.model_type == "marian" and plan.teacher_config.vocab_size == len(
         plan.tokenizer
     )
