@@ -6,7 +6,6 @@ never leaves a half-written output folder.
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
@@ -40,7 +39,7 @@ from distill.modeling import (
 )
 from distill.report import compare, format_results
 from distill.seqkd import pseudo_targets
-from distill.tokenizer_training import check_round_trip, train_tokenizer
+from distill.teachers import new_teacher_config, pseudo_settings, stage_settings
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ def prepare(cfg: RecipeConfig) -> Plan:
     reuse = cfg.teacher.stage.enabled and (finetuned / FINETUNE_MARKER).is_file()
     if reuse:
         recorded = json.loads((finetuned / FINETUNE_MARKER).read_text())["settings"]
-        current = _finetune_settings(cfg)
+        current = stage_settings(cfg)
         if recorded != current:
             changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
             raise DistillError(
@@ -86,7 +85,7 @@ def prepare(cfg: RecipeConfig) -> Plan:
         tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, "teacher tokenizer")
     raw = load_raw(cfg.data, task.columns(cfg.data))
     if not source:
-        tokenizer, teacher_config = _new_teacher_config(cfg, raw, task)
+        tokenizer, teacher_config = new_teacher_config(cfg, raw, task)
 
     n_teacher = num_layers(teacher_config)
     n_student = _student_depth(cfg, n_teacher)
@@ -169,7 +168,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
             train_split,
             collate,
             out / PSEUDO_DIR,
-            settings=_pseudo_settings(cfg),
+            settings=pseudo_settings(cfg),
             batch_size=cfg.eval.batch_size,
         )
         train_split = (
@@ -302,7 +301,7 @@ def _finetune_teacher(
     teacher = accelerator.unwrap_model(model)
     save_model(accelerator, teacher, plan.tokenizer, out / TEACHER_DIR)
     if accelerator.is_main_process:
-        marker = {"settings": _finetune_settings(cfg), "validation": result.metrics}
+        marker = {"settings": stage_settings(cfg), "validation": result.metrics}
         (out / TEACHER_DIR / FINETUNE_MARKER).write_text(json.dumps(marker, indent=2))
         shutil.rmtree(out / STAGES_DIR / name.replace("-", "_"), ignore_errors=True)
     accelerator.free_memory()
@@ -352,78 +351,6 @@ def _set_labels(model: torch.nn.Module, names: list[str] | None) -> None:
         return
     model.config.id2label = dict(enumerate(names))
     model.config.label2id = {n: i for i, n in enumerate(names)}
-
-
-def _finetune_settings(cfg: RecipeConfig) -> dict[str, Any]:
-    """What decides the fine-tuned teacher: reuse it only if all of this is unchanged."""
-    settings: dict[str, Any] = {"train.seed": cfg.train.seed}
-    settings.update(
-        {
-            f"teacher.{k}": v
-            for k, v in to_dict(cfg.teacher).items()
-            if k not in ("dtype", "finetune", "train")
-        }
-    )
-    stage = "train" if cfg.teacher.architecture else "finetune"
-    settings.update({f"teacher.{stage}.{k}": v for k, v in to_dict(cfg.teacher.stage).items()})
-    settings.update({f"data.{k}": v for k, v in to_dict(cfg.data).items()})
-    return json.loads(json.dumps(settings))
-
-
-def _new_teacher_config(cfg: RecipeConfig, raw: DatasetDict, task: ModuleType) -> tuple[Any, Any]:
-    """For a teacher built from scratch: a tokenizer trained on the training texts, and the config."""
-    from transformers import CONFIG_MAPPING
-
-    arch = dict(cfg.teacher.architecture)
-    model_type = arch.pop("model_type")
-    if model_type not in CONFIG_MAPPING:
-        close = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise DistillError(f"teacher.architecture.model_type: unknown model type '{model_type}'{hint}")
-    known = CONFIG_MAPPING[model_type]().to_dict()
-    for key in arch:
-        if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise DistillError(f"teacher.architecture.{key}: not a field of a {model_type} config{hint}")
-
-    def texts():
-        for column in task.columns(cfg.data).values():
-            for value in raw["train"][column]:
-                yield from (value.values() if isinstance(value, dict) else [value])
-
-    tokenizer = train_tokenizer(
-        texts(), cfg.teacher.tokenizer_vocab_size, model_max_length=cfg.data.max_length
-    )
-    held_out = [raw[s] for s in ("validation", "test") if s in raw]
-    check_round_trip(
-        tokenizer,
-        (
-            t
-            for ds in held_out
-            for column in task.columns(cfg.data).values()
-            for v in ds[column]
-            for t in (v.values() if isinstance(v, dict) else [v])
-        ),
-    )
-    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
-    if CONFIG_MAPPING[model_type]().is_encoder_decoder:
-        ids.update(decoder_start_token_id=tokenizer.pad_token_id, forced_eos_token_id=tokenizer.eos_token_id)
-    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **ids, **arch)
-    return tokenizer, config
-
-
-def _pseudo_settings(cfg: RecipeConfig) -> dict[str, Any]:
-    """What decides the teacher's outputs: reuse them only if all of this is unchanged."""
-    settings = _finetune_settings(cfg)
-    settings.update(
-        {
-            "teacher.dtype": cfg.teacher.dtype,
-            "num_beams": cfg.loss.sequence_kd_beams,
-            "max_new_tokens": cfg.data.max_target_length,
-        }
-    )
-    return settings
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,0 +1,88 @@
+"""Teachers that distill makes itself: built from an architecture with a tokenizer trained on the
+recipe's texts, and the settings that decide when a trained teacher (or its outputs) can be reused."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from types import ModuleType
+from typing import Any
+
+from datasets import DatasetDict
+from transformers import AutoConfig
+
+from distill.config import RecipeConfig, to_dict
+from distill.errors import DistillError
+from distill.tokenizer_training import check_round_trip, train_tokenizer
+
+
+def stage_settings(cfg: RecipeConfig) -> dict[str, Any]:
+    """What decides the fine-tuned teacher: reuse it only if all of this is unchanged."""
+    settings: dict[str, Any] = {"train.seed": cfg.train.seed}
+    settings.update(
+        {
+            f"teacher.{k}": v
+            for k, v in to_dict(cfg.teacher).items()
+            if k not in ("dtype", "finetune", "train")
+        }
+    )
+    stage = "train" if cfg.teacher.architecture else "finetune"
+    settings.update({f"teacher.{stage}.{k}": v for k, v in to_dict(cfg.teacher.stage).items()})
+    settings.update({f"data.{k}": v for k, v in to_dict(cfg.data).items()})
+    return json.loads(json.dumps(settings))
+
+
+def new_teacher_config(cfg: RecipeConfig, raw: DatasetDict, task: ModuleType) -> tuple[Any, Any]:
+    """For a teacher built from scratch: a tokenizer trained on the training texts, and the config."""
+    from transformers import CONFIG_MAPPING
+
+    arch = dict(cfg.teacher.architecture)
+    model_type = arch.pop("model_type")
+    if model_type not in CONFIG_MAPPING:
+        close = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise DistillError(f"teacher.architecture.model_type: unknown model type '{model_type}'{hint}")
+    known = CONFIG_MAPPING[model_type]().to_dict()
+    for key in arch:
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise DistillError(f"teacher.architecture.{key}: not a field of a {model_type} config{hint}")
+
+    def texts():
+        for column in task.columns(cfg.data).values():
+            for value in raw["train"][column]:
+                yield from (value.values() if isinstance(value, dict) else [value])
+
+    tokenizer = train_tokenizer(
+        texts(), cfg.teacher.tokenizer_vocab_size, model_max_length=cfg.data.max_length
+    )
+    held_out = [raw[s] for s in ("validation", "test") if s in raw]
+    check_round_trip(
+        tokenizer,
+        (
+            t
+            for ds in held_out
+            for column in task.columns(cfg.data).values()
+            for v in ds[column]
+            for t in (v.values() if isinstance(v, dict) else [v])
+        ),
+    )
+    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if CONFIG_MAPPING[model_type]().is_encoder_decoder:
+        ids.update(decoder_start_token_id=tokenizer.pad_token_id, forced_eos_token_id=tokenizer.eos_token_id)
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **ids, **arch)
+    return tokenizer, config
+
+
+def pseudo_settings(cfg: RecipeConfig) -> dict[str, Any]:
+    """What decides the teacher's outputs: reuse them only if all of this is unchanged."""
+    settings = stage_settings(cfg)
+    settings.update(
+        {
+            "teacher.dtype": cfg.teacher.dtype,
+            "num_beams": cfg.loss.sequence_kd_beams,
+            "max_new_tokens": cfg.data.max_target_length,
+        }
+    )
+    return settings
