@@ -126,67 +126,15 @@ def _per_sequence_mean(per_token: Tensor, mask: Tensor | None) -> Tensor:
     return total / mask.sum(-1).clamp(min=1)
 
 
-class _ChunkedSoftLoss(torch.autograd.Function):
-    """A soft loss over ``chunk`` items at a time, its gradient computed chunk by chunk in forward.
-
-    Only one chunk's float32 temporaries (log-probabilities of both models, their difference)
-    exist at any time; what is kept for backward is the gradient w.r.t. the student's logits, in
-    their own dtype. The unchunked loss keeps several float32 ``[items, classes]`` tensors alive
-    for backward instead, which for a 58k-word vocabulary is most of a step's memory.
-    """
-
-    @staticmethod
-    def forward(ctx, student_logits, teacher_logits, mask, fn, chunk, kwargs):  # noqa: ANN001, ANN205
-        classes = student_logits.shape[-1]
-        flat_s = student_logits.reshape(-1, classes)
-        flat_t = teacher_logits.reshape(-1, classes)
-        flat_m = mask.reshape(-1) if mask is not None else None
-        grad = torch.empty_like(flat_s)
-        total = flat_s.new_zeros((), dtype=torch.float32)
-        for start in range(0, flat_s.shape[0], chunk):
-            part = slice(start, start + chunk)
-            s = flat_s[part].detach().requires_grad_(True)
-            with torch.enable_grad():
-                loss = fn(s, flat_t[part], mask=None if flat_m is None else flat_m[part], **kwargs)
-            (g,) = torch.autograd.grad(loss, s)
-            grad[part] = g
-            total = total + loss.detach()
-        ctx.save_for_backward(grad)
-        ctx.shape = student_logits.shape
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_output):  # noqa: ANN001, ANN205
-        (grad,) = ctx.saved_tensors
-        return (grad * grad_output.to(grad.dtype)).reshape(ctx.shape), None, None, None, None, None
-
-
-def chunked(
-    fn: Callable[..., Tensor],
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    *,
-    chunk: int,
-    mask: Tensor | None = None,
-    **kwargs: Any,
-) -> Tensor:
-    """``fn(student_logits, teacher_logits, mask=mask, **kwargs)`` computed ``chunk`` items at a time.
-
-    Same value and gradient as the whole computation (up to float summation order), with the
-    float32 working memory of one chunk. The teacher's logits get no gradient.
-    """
-    if chunk <= 0 or student_logits.reshape(-1, student_logits.shape[-1]).shape[0] <= chunk:
-        return fn(student_logits, teacher_logits, mask=mask, **kwargs)
-    return _ChunkedSoftLoss.apply(student_logits, teacher_logits.detach(), mask, fn, chunk, kwargs)
-
-
 class _ChunkedKDMix(torch.autograd.Function):
     """``alpha · soft + (1 − alpha) · hard``, chunk by chunk, with one gradient buffer for both.
 
-    The memory-lean form of :func:`kd_mix` over :func:`chunked` soft loss and :func:`hard_ce`:
-    the cross-entropy keeps no float32 log-probabilities of its own for backward, so a KD step
-    holds about as many ``[tokens, vocabulary]`` tensors as a plain cross-entropy step (the
-    student's logits, their gradient) plus the teacher's logits.
+    The memory-lean form of :func:`kd_mix` over a soft loss and :func:`hard_ce`. Only one chunk's
+    float32 temporaries (log-probabilities of both models, their difference) exist at any time,
+    and the gradient w.r.t. the student's logits is taken chunk by chunk in forward and kept in
+    their own dtype; the cross-entropy keeps no log-probabilities of its own for backward. A KD
+    step so holds about as many ``[tokens, vocabulary]`` tensors as a plain cross-entropy step
+    (the student's logits, their gradient) plus the teacher's logits.
     """
 
     @staticmethod
