@@ -171,12 +171,11 @@ def make_seq2seq_tokenizer(folder: Path, extra: list[str] = ()):
     return tok
 
 
-def save_tiny_marian(folder: Path, seed: int = 0, **config_kw) -> Path:
-    from transformers import MarianConfig, MarianMTModel
+def tiny_marian_config(vocab_size: int, **config_kw):
+    from transformers import MarianConfig
 
-    tok = make_seq2seq_tokenizer(folder)
     defaults = dict(
-        vocab_size=len(tok),
+        vocab_size=vocab_size,
         d_model=32,
         encoder_layers=2,
         decoder_layers=4,
@@ -192,9 +191,56 @@ def save_tiny_marian(folder: Path, seed: int = 0, **config_kw) -> Path:
         share_encoder_decoder_embeddings=True,
     )
     defaults.update(config_kw)
+    return MarianConfig(**defaults)
+
+
+def save_tiny_marian(folder: Path, seed: int = 0, **config_kw) -> Path:
+    from transformers import MarianMTModel
+
+    tok = make_seq2seq_tokenizer(folder)
     torch.manual_seed(seed)
-    MarianMTModel(MarianConfig(**defaults)).save_pretrained(folder)
+    MarianMTModel(tiny_marian_config(len(tok), **config_kw)).save_pretrained(folder)
     return folder
+
+
+def marian_pair():
+    """A tiny Marian teacher (frozen) and a student of 2 of its 4 decoder layers, perturbed so that they disagree."""
+    from transformers import MarianMTModel
+
+    from distill.modeling import copy_encoder_decoder_layers, freeze
+
+    torch.manual_seed(0)
+    teacher = MarianMTModel(tiny_marian_config(39, dropout=0.0))
+    student = copy_encoder_decoder_layers(teacher, [0, 1], [0, 3])
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return freeze(teacher), student
+
+
+@pytest.fixture(scope="module")
+def marian_dir(tmp_path_factory):
+    return save_tiny_marian(tmp_path_factory.mktemp("marian"))
+
+
+@pytest.fixture(scope="module")
+def pairs_csv(tmp_path_factory):
+    return write_csv(tmp_path_factory.mktemp("pairs") / "pairs.csv", translation_rows(300))
+
+
+@pytest.fixture(scope="module")
+def translation_tokenized(tmp_path_factory):
+    """A word-level tokenizer and 24 tokenized EN->FR pairs (input_ids, attention_mask, labels)."""
+    from datasets import Dataset, DatasetDict
+
+    from distill.config import DataConfig
+    from distill.tasks import translation
+
+    tok = make_seq2seq_tokenizer(tmp_path_factory.mktemp("tok"))
+    rows = translation_rows(24, seed=5)
+    splits = DatasetDict(train=Dataset.from_list([{"source": r["en"], "target": r["fr"]} for r in rows]))
+    data = DataConfig(files={"train": "unused"}, source_column="en", target_column="fr", max_length=16)
+    return tok, translation.tokenize(splits, tok, data)["train"]
 
 
 def translation_rows(n: int, seed: int = 0) -> list[dict[str, str]]:

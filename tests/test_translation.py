@@ -2,23 +2,20 @@
 
 import json
 import logging
-from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
 from conftest import (
     make_seq2seq_tokenizer,
-    save_tiny_marian,
+    marian_pair,
     translation_recipe,
     translation_rows,
     write_csv,
     write_recipe,
 )
-from datasets import Dataset, DatasetDict
 from transformers import (
     AutoModelForSeq2SeqLM,
-    AutoTokenizer,
     BartConfig,
     BartForConditionalGeneration,
     MarianConfig,
@@ -28,60 +25,15 @@ from transformers import (
 )
 
 from distill.cli import main
-from distill.config import DataConfig, LossConfig
+from distill.config import LossConfig
 from distill.loop import LossStep, backward_step
 from distill.losses import hard_ce
-from distill.modeling import copy_encoder_decoder_layers, freeze, spread
+from distill.modeling import copy_encoder_decoder_layers, spread
 from distill.tasks import translation as task
 
 
-@pytest.fixture(scope="module")
-def marian_dir(tmp_path_factory):
-    return save_tiny_marian(tmp_path_factory.mktemp("marian"))
-
-
-@pytest.fixture(scope="module")
-def pairs_csv(tmp_path_factory):
-    return write_csv(tmp_path_factory.mktemp("pairs") / "pairs.csv", translation_rows(300))
-
-
-@pytest.fixture(scope="module")
-def tokenized(tmp_path_factory):
-    tok = make_seq2seq_tokenizer(tmp_path_factory.mktemp("tok"))
-    rows = translation_rows(24, seed=5)
-    splits = DatasetDict(train=Dataset.from_list([{"source": r["en"], "target": r["fr"]} for r in rows]))
-    data = DataConfig(files={"train": "unused"}, source_column="en", target_column="fr", max_length=16)
-    return tok, task.tokenize(splits, tok, data)["train"]
-
-
-def models():
-    """A tiny Marian teacher and a student of 2 of its 4 decoder layers, perturbed so that they disagree."""
-    torch.manual_seed(0)
-    config = MarianConfig(
-        vocab_size=39,
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=4,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-        dropout=0.0,
-    )
-    teacher = MarianMTModel(config)
-    student = copy_encoder_decoder_layers(teacher, [0, 1], [0, 3])
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return freeze(teacher), student
-
-
-def test_collator_pads_labels_and_shifts_decoder_inputs(tokenized):
-    tok, data = tokenized
+def test_collator_pads_labels_and_shifts_decoder_inputs(translation_tokenized):
+    tok, data = translation_tokenized
     batch = task.collator(tok, MarianConfig(decoder_start_token_id=0, pad_token_id=0))(
         [data[i] for i in range(4)]
     )
@@ -94,9 +46,9 @@ def test_collator_pads_labels_and_shifts_decoder_inputs(tokenized):
         assert dec[i, 0].item() == 0 and dec[i, 1 : len(ids)].tolist() == ids[:-1]
 
 
-def test_items_are_real_target_tokens_and_padding_is_ignored(tokenized):
-    tok, data = tokenized
-    teacher, student = models()
+def test_items_are_real_target_tokens_and_padding_is_ignored(translation_tokenized):
+    tok, data = translation_tokenized
+    teacher, student = marian_pair()
     collate = task.collator(tok, teacher.config)
     rows = [data[i] for i in range(5)]
     step = LossStep(task, LossConfig(alpha=0.5, temperature=2.0, chunk_tokens=4), teacher=teacher)
@@ -107,13 +59,13 @@ def test_items_are_real_target_tokens_and_padding_is_ignored(tokenized):
         assert together[key].item() == pytest.approx(sum(a[key].item() for a in alone), rel=1e-4), key
 
 
-def test_accumulation_with_uneven_target_lengths_matches_one_batch(tokenized):
-    tok, data = tokenized
+def test_accumulation_with_uneven_target_lengths_matches_one_batch(translation_tokenized):
+    tok, data = translation_tokenized
     collate = task.collator(tok, MarianConfig(decoder_start_token_id=0, pad_token_id=0))
     rows = [data[i] for i in range(8)]
     grads = []
     for sizes in ([8], [3, 5], [1, 1, 6]):
-        teacher, student = models()
+        teacher, student = marian_pair()
         micro, start = [], 0
         for size in sizes:
             micro.append(collate(rows[start : start + size]))
@@ -124,7 +76,7 @@ def test_accumulation_with_uneven_target_lengths_matches_one_batch(tokenized):
         for name, g in grads[0].items():
             assert torch.allclose(g, other[name], atol=1e-7, rtol=1e-4), name
     # A mean over micro-batch means would differ: micro-batches hold different numbers of tokens.
-    teacher, student = models()
+    teacher, student = marian_pair()
     parts = [collate(rows[:1]), collate(rows[1:])]
     terms = [LossStep(task, LossConfig(), teacher=teacher)(student, b) for b in parts]
     mean_of_means = sum(t["loss"] / t["items"] for t in terms) / 2
@@ -274,190 +226,10 @@ def test_empty_targets_dropped_and_long_sources_truncated_with_warnings(tmp_path
     assert "1 sources longer than 16 tokens were truncated" in text
 
 
-def test_step_counts_hard_ce_over_target_tokens(tokenized):
-    tok, data = tokenized
-    teacher, _ = models()
+def test_step_counts_hard_ce_over_target_tokens(translation_tokenized):
+    tok, data = translation_tokenized
+    teacher, _ = marian_pair()
     batch = task.collator(tok, teacher.config)([data[i] for i in range(3)])
     out = LossStep(task)(teacher.train(), batch)
     logits = teacher(**task.model_inputs(batch)).logits
     assert out["loss"].item() == pytest.approx(hard_ce(logits, batch["labels"]).item(), rel=1e-5)
-
-
-def pseudo_setup(tmp_path, tokenized):
-    tok, data = tokenized
-    teacher, _ = models()
-    collate = task.collator(tok, teacher.config)
-    settings = {"num_beams": 2, "max_new_tokens": 6}
-    return teacher, data.select(range(20)), collate, settings
-
-
-def test_pseudo_targets_are_the_teachers_beam_outputs(tmp_path, tokenized):
-    from distill import seqkd
-
-    teacher, train, collate, settings = pseudo_setup(tmp_path, tokenized)
-    out = seqkd.pseudo_targets(
-        Accelerator(), teacher, train, collate, tmp_path / "p", settings=settings, batch_size=8, chunk_size=8
-    )
-    assert len(out) == 20 and out["input_ids"] == train["input_ids"]
-    batch = {k: v.to(teacher.device) for k, v in collate([train[i] for i in range(3)]).items()}
-    expected = teacher.generate(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        num_beams=2,
-        max_new_tokens=6,
-        do_sample=False,
-    )
-    for i in range(3):
-        seq = expected[i].tolist()[1:]  # without the decoder start token
-        seq = seq[: seq.index(1) + 1] if 1 in seq else [t for t in seq if t != 0] + [1]
-        assert out[i]["labels"] == seq
-        assert out[i]["labels"][-1] == 1  # ends with </s>
-
-
-def test_pseudo_target_generation_resumes_and_is_reused(tmp_path, tokenized, monkeypatch):
-    from distill import seqkd
-    from distill.errors import DistillError
-
-    teacher, train, collate, settings = pseudo_setup(tmp_path, tokenized)
-    reference = seqkd.pseudo_targets(
-        Accelerator(),
-        teacher,
-        train,
-        collate,
-        tmp_path / "ref",
-        settings=settings,
-        batch_size=8,
-        chunk_size=8,
-    )
-
-    real, calls = seqkd._generate, []
-
-    def crashing(*args, **kwargs):
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # stopped while the third chunk was being generated
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(seqkd, "_generate", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        seqkd.pseudo_targets(
-            Accelerator(),
-            teacher,
-            train,
-            collate,
-            tmp_path / "p",
-            settings=settings,
-            batch_size=8,
-            chunk_size=8,
-        )
-    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["chunk_00000", "chunk_00001"]
-
-    calls.clear()
-    monkeypatch.setattr(seqkd, "_generate", lambda *a, **k: calls.append(1) or real(*a, **k))
-    resumed = seqkd.pseudo_targets(
-        Accelerator(), teacher, train, collate, tmp_path / "p", settings=settings, batch_size=8, chunk_size=8
-    )
-    assert len(calls) == 1  # only the missing third chunk (20 examples, chunks of 8)
-    assert resumed["labels"] == reference["labels"] and resumed["input_ids"] == reference["input_ids"]
-
-    calls.clear()
-    again = seqkd.pseudo_targets(
-        Accelerator(), teacher, train, collate, tmp_path / "p", settings=settings, batch_size=8, chunk_size=8
-    )
-    assert calls == [] and again["labels"] == reference["labels"]  # a finished set is reused
-    with pytest.raises(DistillError, match="made with other settings"):
-        seqkd.pseudo_targets(
-            Accelerator(),
-            teacher,
-            train,
-            collate,
-            tmp_path / "p",
-            settings={**settings, "num_beams": 3},
-            batch_size=8,
-            chunk_size=8,
-        )
-
-
-@pytest.mark.parametrize("mode", ["replace", "mix"])
-def test_sequence_level_kd_end_to_end(tmp_path, marian_dir, pairs_csv, mode):
-    out = tmp_path / "out"
-    recipe = write_recipe(
-        tmp_path / "r.yaml",
-        translation_recipe(marian_dir, pairs_csv, out, loss={"sequence_kd": mode, "sequence_kd_beams": 2}),
-    )
-    assert main(["run", str(recipe), "eval.latency=false"]) == 0
-    results = json.loads((out / "results.json").read_text())
-    assert json.loads((out / "pseudo_targets" / "complete.json").read_text())["examples"] == 260
-    assert results["train_examples"] == (260 if mode == "replace" else 520)
-
-
-def test_teacher_built_and_trained_from_scratch_on_num2words(tmp_path, capsys):
-    """The offline recipe's path in miniature: synthetic data, a trained tokenizer, a teacher.train stage."""
-    out = tmp_path / "out"
-    raw = translation_recipe(Path("unused"), Path("unused"), out)
-    raw["teacher"] = {
-        "name_or_path": "",
-        "architecture": {
-            "model_type": "marian",
-            "d_model": 32,
-            "encoder_layers": 2,
-            "decoder_layers": 2,
-            "encoder_attention_heads": 2,
-            "decoder_attention_heads": 2,
-            "encoder_ffn_dim": 64,
-            "decoder_ffn_dim": 64,
-            "max_position_embeddings": 64,
-        },
-        "tokenizer_vocab_size": 300,
-        "train": {"enabled": True, "steps": 6, "batch_size": 8},
-    }
-    raw["data"] = {
-        "synthetic": "num2words",
-        "source_column": "en",
-        "target_column": "fr",
-        "synthetic_examples": 300,
-        "validation_size": 20,
-        "test_size": 30,
-        "max_length": 48,
-        "max_target_length": 48,
-        "seed": 3,
-    }
-    recipe = write_recipe(tmp_path / "r.yaml", raw)
-    assert main(["run", str(recipe), "eval.latency=false"]) == 0
-    results = json.loads((out / "results.json").read_text())
-    assert results["examples"] == 30 and results["train_examples"] == 250
-    tok = AutoTokenizer.from_pretrained(out / "teacher")
-    assert (
-        tok.decode(tok("quatre-vingt-dix-neuvième")["input_ids"], skip_special_tokens=True)
-        == "quatre-vingt-dix-neuvième"
-    )
-    student_tok = AutoTokenizer.from_pretrained(out / "student")
-    assert student_tok.get_vocab() == tok.get_vocab()
-    marker = json.loads((out / "teacher" / "distill_finetune.json").read_text())
-    assert marker["settings"]["teacher.train.steps"] == 6
-    # A typo in the architecture is caught before anything runs.
-    assert main(["run", str(recipe), f"output.dir={tmp_path / 'o2'}", "teacher.architecture.d_modle=16"]) == 2
-    assert (
-        "teacher.architecture.d_modle: not a field of a marian config (did you mean 'd_model'?)"
-        in capsys.readouterr().err
-    )
-
-
-def test_num2words_splits_are_disjoint_by_number():
-    from distill.config import DataConfig
-    from distill.synthetic import num2words_pairs
-
-    data = DataConfig(
-        synthetic="num2words",
-        source_column="en",
-        target_column="fr",
-        synthetic_examples=600,
-        validation_size=50,
-        test_size=100,
-        seed=1,
-    )
-    splits = num2words_pairs(data)
-    assert [len(splits[s]) for s in ("train", "validation", "test")] == [450, 50, 100]
-    french = {s: set(splits[s]["fr"]) for s in splits}
-    assert not (french["train"] & french["test"]) and not (french["train"] & french["validation"])
-    assert num2words_pairs(data)["test"]["en"] == splits["test"]["en"]  # seeded

@@ -1,0 +1,118 @@
+"""Sequence-level KD: the teacher's beam outputs as targets, generated once, resumable, reused."""
+
+import json
+
+import pytest
+from accelerate import Accelerator
+from conftest import marian_pair, translation_recipe, write_recipe
+
+from distill.cli import main
+from distill.tasks import translation as task
+
+
+def pseudo_setup(tmp_path, translation_tokenized):
+    tok, data = translation_tokenized
+    teacher, _ = marian_pair()
+    collate = task.collator(tok, teacher.config)
+    settings = {"num_beams": 2, "max_new_tokens": 6}
+    return teacher, data.select(range(20)), collate, settings
+
+
+def test_pseudo_targets_are_the_teachers_beam_outputs(tmp_path, translation_tokenized):
+    from distill import seqkd
+
+    teacher, train, collate, settings = pseudo_setup(tmp_path, translation_tokenized)
+    out = seqkd.pseudo_targets(
+        Accelerator(), teacher, train, collate, tmp_path / "p", settings=settings, batch_size=8, chunk_size=8
+    )
+    assert len(out) == 20 and out["input_ids"] == train["input_ids"]
+    batch = {k: v.to(teacher.device) for k, v in collate([train[i] for i in range(3)]).items()}
+    expected = teacher.generate(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        num_beams=2,
+        max_new_tokens=6,
+        do_sample=False,
+    )
+    for i in range(3):
+        seq = expected[i].tolist()[1:]  # without the decoder start token
+        seq = seq[: seq.index(1) + 1] if 1 in seq else [t for t in seq if t != 0] + [1]
+        assert out[i]["labels"] == seq
+        assert out[i]["labels"][-1] == 1  # ends with </s>
+
+
+def test_pseudo_target_generation_resumes_and_is_reused(tmp_path, translation_tokenized, monkeypatch):
+    from distill import seqkd
+    from distill.errors import DistillError
+
+    teacher, train, collate, settings = pseudo_setup(tmp_path, translation_tokenized)
+    reference = seqkd.pseudo_targets(
+        Accelerator(),
+        teacher,
+        train,
+        collate,
+        tmp_path / "ref",
+        settings=settings,
+        batch_size=8,
+        chunk_size=8,
+    )
+
+    real, calls = seqkd._generate, []
+
+    def crashing(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # stopped while the third chunk was being generated
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seqkd, "_generate", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        seqkd.pseudo_targets(
+            Accelerator(),
+            teacher,
+            train,
+            collate,
+            tmp_path / "p",
+            settings=settings,
+            batch_size=8,
+            chunk_size=8,
+        )
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["chunk_00000", "chunk_00001"]
+
+    calls.clear()
+    monkeypatch.setattr(seqkd, "_generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    resumed = seqkd.pseudo_targets(
+        Accelerator(), teacher, train, collate, tmp_path / "p", settings=settings, batch_size=8, chunk_size=8
+    )
+    assert len(calls) == 1  # only the missing third chunk (20 examples, chunks of 8)
+    assert resumed["labels"] == reference["labels"] and resumed["input_ids"] == reference["input_ids"]
+
+    calls.clear()
+    again = seqkd.pseudo_targets(
+        Accelerator(), teacher, train, collate, tmp_path / "p", settings=settings, batch_size=8, chunk_size=8
+    )
+    assert calls == [] and again["labels"] == reference["labels"]  # a finished set is reused
+    with pytest.raises(DistillError, match="made with other settings"):
+        seqkd.pseudo_targets(
+            Accelerator(),
+            teacher,
+            train,
+            collate,
+            tmp_path / "p",
+            settings={**settings, "num_beams": 3},
+            batch_size=8,
+            chunk_size=8,
+        )
+
+
+@pytest.mark.parametrize("mode", ["replace", "mix"])
+def test_sequence_level_kd_end_to_end(tmp_path, marian_dir, pairs_csv, mode):
+    out = tmp_path / "out"
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        translation_recipe(marian_dir, pairs_csv, out, loss={"sequence_kd": mode, "sequence_kd_beams": 2}),
+    )
+    assert main(["run", str(recipe), "eval.latency=false"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert json.loads((out / "pseudo_targets" / "complete.json").read_text())["examples"] == 260
+    assert results["train_examples"] == (260 if mode == "replace" else 520)
