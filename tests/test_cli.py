@@ -29,6 +29,18 @@ def run_cli(*args):
     return main([str(a) for a in args])
 
 
+def run_cli_process(*args, timeout=300, **env):
+    """The CLI in a new process (as a user runs it), with extra environment variables."""
+    pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-m", "distill.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": pythonpath, **env},
+        timeout=timeout,
+    )
+
+
 def test_run_writes_a_student_that_plain_transformers_loads(tmp_path, teacher_dir, data_csv, capsys):
     out = tmp_path / "out"
     recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(teacher_dir, data_csv, out))
@@ -149,14 +161,7 @@ def test_resume_continues_exactly(tmp_path, teacher_dir, data_csv):
         straight / "stages" / "distill" / "checkpoints" / "step_4",
         resumed / "stages" / "distill" / "checkpoints" / "step_4",
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-m", "distill.cli", "run", str(recipe), f"output.dir={resumed}", "--resume"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    proc = run_cli_process("run", recipe, f"output.dir={resumed}", "--resume")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "resuming from" in proc.stdout + proc.stderr
     a, b = student_weights(straight), student_weights(resumed)
@@ -242,19 +247,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, teacher_dir, 
 def test_uncached_hub_id_offline_is_one_line(tmp_path, data_csv):
     out = tmp_path / "out"
     recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(Path("nobody/not-a-cached-model"), data_csv, out))
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(tmp_path / "hf"),
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "distill.cli", "run", str(recipe)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    proc = run_cli_process("run", recipe, timeout=120, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -269,19 +262,13 @@ def test_uncached_hub_dataset_offline_is_one_line(tmp_path, teacher_dir, data_cs
     raw["data"]["files"] = {}
     raw["data"]["dataset"] = "nobody/not-a-cached-dataset"
     recipe = write_recipe(tmp_path / "r.yaml", raw)
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_HOME": str(tmp_path / "hf"),
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "distill.cli", "validate", str(recipe)],
-        capture_output=True,
-        text=True,
-        env=env,
+    proc = run_cli_process(
+        "validate",
+        recipe,
         timeout=120,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf"),
     )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
