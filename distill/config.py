@@ -42,6 +42,7 @@ class FinetuneConfig:
     weight_decay: float = 0.01  # AdamW weight decay
     warmup_ratio: float = 0.1  # fraction of steps with linear warm-up
     eval_every: int = 0  # evaluate on the validation split every N steps (0: only at the end)
+    seed: int = 42  # the teacher's own seed (new head, data order, dropout): student seeds reuse it
 
     def check(self, key: str) -> None:
         positive(f"{key}.steps", self.steps)

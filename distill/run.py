@@ -118,12 +118,14 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         mixed_precision=cfg.train.mixed_precision,
         log_with="tensorboard",
         project_dir=cfg.output.dir,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.train.seed),
+        # Each stage's data order follows the seed set just before it (torch's initial seed).
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     with accelerator.main_process_first():
         plan = prepare(cfg)
     task, out = plan.task, Path(cfg.output.dir)
-    set_seed(cfg.train.seed)  # a new task head is initialised while loading the teacher
+    # A new task head is initialised while loading a teacher that is fine-tuned here.
+    set_seed(cfg.teacher.stage.seed if cfg.teacher.stage.enabled else cfg.train.seed)
     teacher = _load_teacher(plan)
     _check_output_folder(out, resume=resume, overwrite=cfg.output.overwrite)
 
@@ -275,13 +277,13 @@ def _finetune_teacher(
         warmup_ratio=ft.warmup_ratio,
         max_grad_norm=cfg.train.max_grad_norm,
         mixed_precision=cfg.train.mixed_precision,
-        seed=cfg.train.seed,
+        seed=ft.seed,
         eval_every=ft.eval_every,
         checkpoint_every=cfg.train.checkpoint_every,
         keep_checkpoints=cfg.train.keep_checkpoints,
         log_every=cfg.train.log_every,
     )
-    set_seed(cfg.train.seed)
+    set_seed(ft.seed)
     model, result = train(
         accelerator,
         name=name,

@@ -121,6 +121,15 @@ def test_finetune_stage_saves_and_reuses_the_teacher(tmp_path, data_csv, capsys)
     assert run_cli("run", recipe, "output.overwrite=true", "teacher.finetune.steps=9") == 2
     assert "was trained with other settings (teacher.finetune.steps changed)" in capsys.readouterr().err
 
+    # The teacher has its own seed: another student seed reuses it and trains another student.
+    assert run_cli("run", recipe, "output.overwrite=true", "train.seed=7") == 0
+    assert weights.stat().st_mtime_ns == mtime
+    seven = load_file(out / "student" / "model.safetensors")
+    first_student = load_file(tmp_path / "again" / "student" / "model.safetensors")
+    assert any(not torch.equal(seven[k], first_student[k]) for k in seven)
+    assert run_cli("run", recipe, "output.overwrite=true", "teacher.finetune.seed=7") == 2
+    assert "(teacher.finetune.seed changed)" in capsys.readouterr().err
+
 
 def test_existing_outputs_are_not_overwritten_by_accident(tmp_path, teacher_dir, data_csv, capsys):
     out = tmp_path / "out"
