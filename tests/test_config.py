@@ -36,6 +36,7 @@ def test_dotted_overrides_are_typed(tmp_path):
             "student.layers=[0,5]",
             "teacher.finetune.enabled=true",
             "loss.layer_map={0: 1}",
+            "train.learning_rate=2e-3",  # YAML 1.1 reads this as a string
         ],
     )
     assert cfg.loss.alpha == 0.7
@@ -43,6 +44,7 @@ def test_dotted_overrides_are_typed(tmp_path):
     assert cfg.student.layers == [0, 5]
     assert cfg.teacher.finetune.enabled is True
     assert cfg.loss.layer_map == {0: 1}
+    assert cfg.train.learning_rate == 0.002
 
 
 def test_unknown_key_names_it_and_suggests(tmp_path):
@@ -63,6 +65,7 @@ def test_unknown_key_names_it_and_suggests(tmp_path):
         ("loss.alpha=-0.1", r"loss.alpha: must be in \[0, 1\]"),
         ("train.steps=ten", r"train.steps: expected an integer, got 'ten'"),
         ("train.steps=2.5", r"train.steps: expected an integer"),
+        ("train.learning_rate=fast", r"train.learning_rate: expected a number, got 'fast'"),
         ("teacher.finetune.enabled=maybe", r"teacher.finetune.enabled: expected true or false"),
         (
             "loss.soft=kll",
