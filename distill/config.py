@@ -270,6 +270,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # save a resumable checkpoint every N steps (0: none)
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
     log_every: int = 10  # log losses to TensorBoard every N steps
+    baseline: bool = False  # also train the same student without the teacher (hard labels only)
 
     def check(self, key: str) -> None:
         positive(f"{key}.steps", self.steps)
@@ -289,22 +290,28 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """The final comparison of teacher and student on the held-out test split."""
+    """The final report: teacher, student and baseline on the held-out test split."""
 
     batch_size: int = 64  # examples per batch when computing metrics
-    num_beams: int = 4  # translation: beams when generating for metrics and latency
+    num_beams: int = 4  # translation: beams when generating for metrics (latency: greedy and this)
     max_new_tokens: int = 64  # translation: most tokens generated per sentence
-    latency: bool = True  # measure CPU latency of teacher and student
-    latency_batch_size: int = 1  # examples per call when measuring latency
-    latency_examples: int = 64  # test examples timed per model and repeat
-    latency_repeats: int = 5  # repeats; the median is reported
+    metrics: list[str] = field(
+        default_factory=list
+    )  # extra Hugging Face `evaluate` metrics: hub names or local metric folders
+    latency: bool = True  # measure latency, speed-up and throughput
+    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])  # batch sizes timed
+    latency_examples: int = 64  # test examples timed per model, batch size and repeat
+    latency_repeats: int = 5  # timed passes after one warm-up pass; the median is reported
     latency_threads: int = 0  # torch threads while timing (0: torch's default)
 
     def check(self, key: str) -> None:
         positive(f"{key}.batch_size", self.batch_size)
         positive(f"{key}.num_beams", self.num_beams)
         positive(f"{key}.max_new_tokens", self.max_new_tokens)
-        positive(f"{key}.latency_batch_size", self.latency_batch_size)
+        if not self.latency_batch_sizes:
+            raise DistillError(f"{key}.latency_batch_sizes: give at least one batch size")
+        for bs in self.latency_batch_sizes:
+            positive(f"{key}.latency_batch_sizes", bs)
         positive(f"{key}.latency_examples", self.latency_examples)
         positive(f"{key}.latency_repeats", self.latency_repeats)
         non_negative(f"{key}.latency_threads", self.latency_threads)

@@ -33,6 +33,7 @@ from transformers import get_scheduler
 from distill.config import LossConfig, TrainConfig
 from distill.errors import DistillError
 from distill.losses import HIDDEN_LOSSES, SOFT_LOSSES, chunked_kd_mix, hard_ce, kd_mix
+from distill.metrics import compute_extra
 from distill.modeling import HiddenProjection
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,11 @@ def evaluate(
         predictions.extend(preds.cpu().tolist())
         references.extend(refs.cpu().tolist())
     model.train(was_training)
-    return task.compute_metrics(predictions, references, tokenizer)
+    scores = task.compute_metrics(predictions, references, tokenizer)
+    extra = list(getattr(settings, "metrics", None) or [])
+    if extra:
+        scores.update(compute_extra(extra, *task.metric_inputs(predictions, references, tokenizer)))
+    return scores
 
 
 def make_dataloader(

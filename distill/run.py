@@ -6,6 +6,7 @@ never leaves a half-written output folder.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -25,7 +26,9 @@ from distill import tasks
 from distill.config import RecipeConfig, TrainConfig, check_against_teacher, dump_yaml, to_dict
 from distill.data import load_raw
 from distill.errors import DistillError
+from distill.evaluation import Entry, evaluate_models
 from distill.loop import LossStep, latest_checkpoint, train
+from distill.metrics import load_metric
 from distill.modeling import (
     HiddenProjection,
     build_student,
@@ -37,7 +40,7 @@ from distill.modeling import (
     load_pretrained,
     num_layers,
 )
-from distill.report import compare, format_results
+from distill.report import REPORT_FILES, console_summary, model_card, write_report
 from distill.seqkd import pseudo_targets
 from distill.teachers import new_teacher_config, pseudo_settings, stage_settings
 
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 
 TEACHER_DIR = "teacher"  # the fine-tuned teacher, when the recipe fine-tunes one
 STUDENT_DIR = "student"  # the final student: save_pretrained + tokenizer
+BASELINE_DIR = "baseline"  # train.baseline: the same student trained without the teacher
 STAGES_DIR = "stages"  # per-stage checkpoints
 PSEUDO_DIR = "pseudo_targets"  # sequence-level KD: the teacher's outputs for the training sources
 FINETUNE_MARKER = "distill_finetune.json"  # written last into TEACHER_DIR: the stage is complete
@@ -103,6 +107,8 @@ def prepare(cfg: RecipeConfig) -> Plan:
     if "test" not in splits:
         log.warning("no test split: the final report compares teacher and student on the validation split")
 
+    for name in cfg.eval.metrics:
+        load_metric(name)  # a metric that cannot be loaded fails now, not after training
     if cfg.student.init == "pretrained":
         student_tok = load_pretrained(
             AutoTokenizer.from_pretrained, cfg.student.name_or_path, "student tokenizer"
@@ -133,7 +139,14 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.output.overwrite:
-            for name in (STUDENT_DIR, f"{STAGES_DIR}/distill", "results.json"):
+            for name in (
+                STUDENT_DIR,
+                BASELINE_DIR,
+                f"{STAGES_DIR}/distill",
+                f"{STAGES_DIR}/baseline",
+                "results.json",
+                *REPORT_FILES,
+            ):
                 path = out / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         (out / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
@@ -154,6 +167,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         cfg.student, teacher, task.MODEL_CLASS, task.model_kwargs(plan.label_names)
     )
     _set_labels(student, plan.label_names)
+    baseline_init = copy.deepcopy(student) if cfg.train.baseline else None
     teacher = freeze(teacher, cfg.teacher.dtype).to(accelerator.device)
     projection = None
     if cfg.loss.hidden_weight > 0:
@@ -195,24 +209,71 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
     student = accelerator.unwrap_model(student)
     save_model(accelerator, student, plan.tokenizer, out / STUDENT_DIR)
 
-    results = compare(
+    entries = [
+        Entry("teacher", "teacher", teacher, _teacher_source(cfg)),
+        Entry("student", "student", student, str(out / STUDENT_DIR)),
+    ]
+    results: dict[str, Any] = {
+        "task": cfg.task,
+        "processes": accelerator.num_processes,
+        "labels": plan.label_names,
+        "student_layers_from_teacher": copied,
+        "train_examples": len(train_split),
+        "student_validation": result.metrics,
+        "history": result.history,
+    }
+    if baseline_init is not None:
+        # The same student, data order, steps and seed; the loss is the cross-entropy alone.
+        set_seed(cfg.train.seed)
+        baseline, baseline_result = train(
+            accelerator,
+            name="baseline",
+            cfg=cfg.train,
+            student=baseline_init,
+            loss_step=LossStep(task),
+            train_dataset=tokenized["train"],
+            eval_dataset=eval_split,
+            collate=collate,
+            task=task,
+            stage_dir=out / STAGES_DIR / "baseline",
+            eval_batch_size=cfg.eval.batch_size,
+            resume=resume,
+            tokenizer=plan.tokenizer,
+            eval_settings=cfg.eval,
+        )
+        baseline = accelerator.unwrap_model(baseline)
+        save_model(accelerator, baseline, plan.tokenizer, out / BASELINE_DIR)
+        entries.append(Entry("baseline", "baseline", baseline, str(out / BASELINE_DIR)))
+        results["baseline_validation"] = baseline_result.metrics
+        results["baseline_history"] = baseline_result.history
+
+    split = "test" if "test" in tokenized else "validation"
+    report = evaluate_models(
         accelerator,
-        cfg,
         task,
-        plan.label_names,
-        teacher,
-        student,
-        tokenized,
+        entries,
+        tokenized[split],
         collate,
         plan.tokenizer,
-        copied,
-        result.metrics,
+        cfg.eval,
+        split=split,
+        extra={"recipe": cfg.description},
     )
-    results["train_examples"] = len(train_split)
-    results["history"] = result.history
     if accelerator.is_main_process:
         (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-        print(format_results(results))
+        write_report(report, out)
+        for entry in entries[1:]:
+            card = model_card(
+                report,
+                entry.name,
+                how_made=how_made(cfg, entry.role, copied, len(train_split), accelerator.num_processes),
+                pipeline_tag=task.PIPELINE_TAG,
+                base_model=_hub_id(cfg.teacher.name_or_path),
+                usage=task.usage_snippet(str(out / entry.name)),
+            )
+            (out / entry.name / "README.md").write_text(card, encoding="utf-8")
+        print(console_summary(report))
+    results["report"] = report
     accelerator.end_training()
     return results
 
@@ -308,6 +369,63 @@ def _finetune_teacher(
         shutil.rmtree(out / STAGES_DIR / name.replace("-", "_"), ignore_errors=True)
     accelerator.free_memory()
     return teacher
+
+
+def _teacher_source(cfg: RecipeConfig) -> str:
+    if cfg.teacher.stage.enabled:
+        return str(Path(cfg.output.dir) / TEACHER_DIR)
+    return cfg.teacher.name_or_path
+
+
+def _hub_id(name_or_path: str) -> str | None:
+    """The teacher's hub id for a model card's ``base_model`` (None for local or packaged folders)."""
+    if not name_or_path or name_or_path.startswith("pkg:") or Path(name_or_path).exists():
+        return None
+    return name_or_path
+
+
+def how_made(
+    cfg: RecipeConfig, role: str, copied: list[int] | None, train_examples: int, processes: int
+) -> list[tuple[str, str]]:
+    """The model card's "how it was made" rows, from the resolved recipe."""
+    t, s, loss, tr = cfg.teacher, cfg.student, cfg.loss, cfg.train
+    if t.architecture:
+        teacher = f"trained here from scratch ({t.architecture.get('model_type')}, {t.train.steps} steps)"
+    else:
+        teacher = f"`{t.name_or_path}`" + (
+            f", fine-tuned here for {t.finetune.steps} steps" if t.finetune.enabled else ""
+        )
+    if s.init == "copy_layers":
+        init = f"the teacher's embeddings, head and layers {copied}" if copied else "copied from the teacher"
+    elif s.init == "from_config":
+        init = f"random, the teacher's config with {s.config_overrides}"
+    else:
+        init = f"pretrained `{s.name_or_path}`"
+    if role == "baseline":
+        signal = "cross-entropy on the hard labels only, no teacher (the baseline)"
+    elif loss.alpha > 0:
+        signal = f"{loss.alpha:g} · T²·{loss.soft}(teacher ‖ student) at T = {loss.temperature:g}" + (
+            f" + {1 - loss.alpha:g} · cross-entropy" if loss.alpha < 1 else ""
+        )
+    else:
+        signal = "cross-entropy"
+    if role != "baseline" and loss.hidden_weight > 0:
+        signal += f" + {loss.hidden_weight:g} · hidden-state {loss.hidden}"
+    if role != "baseline" and loss.sequence_kd:
+        signal += f"; targets: teacher beam-{loss.sequence_kd_beams} outputs ({loss.sequence_kd})"
+    data = cfg.data.dataset or cfg.data.synthetic or ", ".join(f"{k}: {v}" for k, v in cfg.data.files.items())
+    return [
+        ("Teacher", teacher),
+        ("Recipe", cfg.description or "(no description)"),
+        ("Initialisation", init),
+        ("Training signal", signal),
+        ("Data", f"{data}; {train_examples} training examples"),
+        (
+            "Budget",
+            f"{tr.steps} steps x {tr.batch_size} examples x {tr.gradient_accumulation_steps} accumulation "
+            f"x {processes} processes, learning rate {tr.learning_rate:g}, seed {tr.seed}",
+        ),
+    ]
 
 
 def _check_output_folder(out: Path, *, resume: bool, overwrite: bool) -> None:

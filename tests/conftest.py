@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import random
 from pathlib import Path
 
@@ -109,6 +110,13 @@ def recipe_dict(teacher_path: Path, data_path: Path, out: Path, **sections) -> d
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     return raw
+
+
+def read_report(out: Path) -> dict:
+    """``OUT/report.json`` with each model's row also reachable by name: ``report["by_name"]["student"]``."""
+    report = json.loads((out / "report.json").read_text())
+    report["by_name"] = {m["name"]: m for m in report["models"]}
+    return report
 
 
 def write_recipe(path: Path, raw: dict) -> Path:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import (
     make_tokenizer,
+    read_report,
     recipe_dict,
     sentiment_rows,
     tiny_bert_config,
@@ -46,21 +47,24 @@ def test_run_writes_a_student_that_plain_transformers_loads(tmp_path, teacher_di
     recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(teacher_dir, data_csv, out))
     assert run_cli("run", recipe, "train.steps=4", "student.layers=[1,3]") == 0
     printed = capsys.readouterr().out
-    assert "student keeps" in printed and "faster" in printed
+    assert "student: keeps" in printed and "speed-up" in printed
 
     results = json.loads((out / "results.json").read_text())
-    assert results["split"] == "test" and results["examples"] == 40
     assert results["labels"] == ["negative", "neutral", "positive"]
     assert results["student_layers_from_teacher"] == [1, 3]
-    for name in ("teacher", "student"):
-        assert 0.0 <= results[name]["accuracy"] <= 1.0 and 0.0 <= results[name]["macro_f1"] <= 1.0
-        assert results[name]["latency"]["ms_per_example"] > 0
-    assert results["student"]["parameters"] < results["teacher"]["parameters"]
-    assert results["retained"] == pytest.approx(
-        results["student"]["accuracy"] / results["teacher"]["accuracy"]
+    report = read_report(out)
+    assert report["split"] == "test" and report["examples"] == 40
+    teacher, student = report["by_name"]["teacher"], report["by_name"]["student"]
+    for row in (teacher, student):
+        assert 0.0 <= row["metrics"]["accuracy"] <= 1.0 and 0.0 <= row["metrics"]["macro_f1"] <= 1.0
+        assert row["latency"]["forward"]["batch_1"]["ms_per_example"] > 0
+    assert student["parameters"] < teacher["parameters"]
+    assert student["retained"]["accuracy"] == pytest.approx(
+        student["metrics"]["accuracy"] / teacher["metrics"]["accuracy"]
     )
-    assert results["speedup"] == pytest.approx(
-        results["teacher"]["latency"]["ms_per_example"] / results["student"]["latency"]["ms_per_example"]
+    assert student["speedup"]["forward"]["batch_1"] == pytest.approx(
+        teacher["latency"]["forward"]["batch_1"]["ms_per_example"]
+        / student["latency"]["forward"]["batch_1"]["ms_per_example"]
     )
 
     # The resolved config (with the overrides) sits next to the outputs.
@@ -101,16 +105,16 @@ def test_finetune_stage_saves_and_reuses_the_teacher(tmp_path, data_csv, capsys)
     saved = load_file(weights)
     assert "classifier.weight" in saved
     mtime = weights.stat().st_mtime_ns
-    first = json.loads((out / "results.json").read_text())
+    first = read_report(out)["by_name"]
 
     # Second run into the same folder: the fine-tuned teacher is reused, not trained again.
     capsys.readouterr()
     assert run_cli("run", recipe, "output.overwrite=true") == 0
     assert weights.stat().st_mtime_ns == mtime
     assert "teacher-finetune" not in capsys.readouterr().err
-    second = json.loads((out / "results.json").read_text())
-    assert second["teacher"]["accuracy"] == first["teacher"]["accuracy"]
-    assert second["student"] == {**second["student"], "accuracy": first["student"]["accuracy"]}
+    second = read_report(out)["by_name"]
+    assert second["teacher"]["metrics"]["accuracy"] == first["teacher"]["metrics"]["accuracy"]
+    assert second["student"]["metrics"]["accuracy"] == first["student"]["metrics"]["accuracy"]
 
     # A fresh run with the same recipe fine-tunes the same teacher, bit for bit (head init seeded).
     assert run_cli("run", recipe, f"output.dir={tmp_path / 'again'}") == 0
@@ -178,8 +182,8 @@ def test_resume_continues_exactly(tmp_path, teacher_dir, data_csv):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # The validation history after the resume point matches too.
-    ra, rb = (json.loads((d / "results.json").read_text()) for d in (straight, resumed))
-    assert ra["student"] == rb["student"]
+    ra, rb = (read_report(d)["by_name"]["student"]["metrics"] for d in (straight, resumed))
+    assert ra == rb
 
     # And a fresh run with another seed does not give the same weights (the check can fail).
     other = tmp_path / "other"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import recipe_dict, save_tiny_bert, write_recipe
+from conftest import read_report, recipe_dict, save_tiny_bert, write_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,10 +70,12 @@ def test_two_gloo_processes_match_one_process(tmp_path, data_csv):
     a = json.loads((one / "results.json").read_text())
     b = json.loads((two / "results.json").read_text())
     assert (a["processes"], b["processes"]) == (1, 2)
-    assert a["examples"] == b["examples"] == 41  # every test example counted once, none duplicated
+    ra, rb = read_report(one), read_report(two)
+    assert ra["examples"] == rb["examples"] == 41  # every test example counted once, none duplicated
     for model in ("teacher", "student"):
-        assert a[model]["accuracy"] == b[model]["accuracy"], model
-        assert a[model]["macro_f1"] == pytest.approx(b[model]["macro_f1"]), model
+        ma, mb = ra["by_name"][model]["metrics"], rb["by_name"][model]["metrics"]
+        assert ma["accuracy"] == mb["accuracy"], model
+        assert ma["macro_f1"] == pytest.approx(mb["macro_f1"]), model
     assert a["student_validation"] == b["student_validation"]
     # The training losses (global means over the same 8 examples per step) agree step by step.
     la = [h["train/loss"] for h in _history(one)]

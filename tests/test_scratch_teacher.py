@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from conftest import translation_recipe, write_recipe
+from conftest import read_report, translation_recipe, write_recipe
 from transformers import AutoTokenizer
 
 from distill.cli import main
@@ -43,7 +43,7 @@ def test_teacher_built_and_trained_from_scratch_on_num2words(tmp_path, capsys):
     recipe = write_recipe(tmp_path / "r.yaml", raw)
     assert main(["run", str(recipe), "eval.latency=false"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["examples"] == 30 and results["train_examples"] == 250
+    assert read_report(out)["examples"] == 30 and results["train_examples"] == 250
     tok = AutoTokenizer.from_pretrained(out / "teacher")
     assert (
         tok.decode(tok("quatre-vingt-dix-neuvième")["input_ids"], skip_special_tokens=True)

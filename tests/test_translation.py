@@ -9,6 +9,7 @@ from accelerate import Accelerator
 from conftest import (
     make_seq2seq_tokenizer,
     marian_pair,
+    read_report,
     translation_recipe,
     translation_rows,
     write_csv,
@@ -171,11 +172,18 @@ def test_end_to_end_run(tmp_path, marian_dir, pairs_csv, capsys):
     recipe = write_recipe(tmp_path / "r.yaml", translation_recipe(marian_dir, pairs_csv, out))
     assert main(["run", str(recipe), "train.steps=6"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["task"] == "translation" and results["examples"] == 20
+    report = read_report(out)
+    assert report["task"] == "translation" and report["examples"] == 20
     for name in ("teacher", "student"):
-        assert 0.0 <= results[name]["bleu"] <= 100.0 and 0.0 <= results[name]["chrf"] <= 100.0
+        scores = report["by_name"][name]["metrics"]
+        assert 0.0 <= scores["bleu"] <= 100.0 and 0.0 <= scores["chrf"] <= 100.0
+        # Greedy and beam generation timed at batch 1 and at the larger batch.
+        assert set(report["by_name"][name]["latency"]) == {"greedy", "beam2"}
     assert results["student_layers_from_teacher"] == [0]  # one decoder layer: the first
-    assert results["retained"] == pytest.approx(results["student"]["bleu"] / results["teacher"]["bleu"])
+    student, teacher = report["by_name"]["student"], report["by_name"]["teacher"]
+    assert student["retained"]["bleu"] == pytest.approx(
+        student["metrics"]["bleu"] / teacher["metrics"]["bleu"]
+    )
     student = AutoModelForSeq2SeqLM.from_pretrained(out / "student")
     assert (student.config.encoder_layers, student.config.decoder_layers) == (2, 1)
     generated = student.generate(

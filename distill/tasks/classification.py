@@ -1,8 +1,9 @@
 """Text classification: what differs from other tasks, in one place.
 
-Every task module offers the same names: ``MODEL_CLASS``, ``PRIMARY_METRIC``, ``columns``,
+Every task module offers the same names: ``MODEL_CLASS``, ``PRIMARY_METRIC``, ``PIPELINE_TAG``,
+``usage_snippet``, ``columns``,
 ``prepare_targets``, ``model_kwargs``, ``tokenize``, ``collator``, ``model_inputs``, ``infer``,
-``eval_step`` and ``compute_metrics``.
+``latency_modes``, ``eval_step``, ``compute_metrics`` and ``metric_inputs``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,18 @@ from distill.errors import DistillError
 
 MODEL_CLASS = AutoModelForSequenceClassification
 PRIMARY_METRIC = "accuracy"
+PIPELINE_TAG = "text-classification"
+
+
+def usage_snippet(path: str) -> str:
+    """How a user loads and runs a model folder of this task with plain transformers."""
+    return (
+        "from transformers import pipeline\n\n"
+        f'classify = pipeline("text-classification", model="{path}")\n'
+        'print(classify("this is great"))'
+    )
+
+
 _GENERIC_LABEL = re.compile(r"^LABEL_\d+$")
 
 
@@ -163,6 +176,11 @@ def infer(model: Any, batch: dict[str, torch.Tensor], settings: Any = None) -> t
     return model(**model_inputs(batch)).logits
 
 
+def latency_modes(settings: Any = None) -> dict[str, Any]:
+    """What the latency measurement times: one forward pass."""
+    return {"forward": lambda model, batch: infer(model, batch, settings)}
+
+
 def eval_step(
     model: Any, batch: dict[str, torch.Tensor], settings: Any = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,3 +194,8 @@ def compute_metrics(predictions: list, references: list, tokenizer: Any = None) 
         "accuracy": float(accuracy_score(references, predictions)),
         "macro_f1": float(f1_score(references, predictions, average="macro")),
     }
+
+
+def metric_inputs(predictions: list, references: list, tokenizer: Any = None) -> tuple[list, list]:
+    """Predictions and references as a Hugging Face ``evaluate`` metric takes them: class ids."""
+    return list(predictions), list(references)

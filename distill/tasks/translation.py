@@ -21,6 +21,18 @@ log = logging.getLogger(__name__)
 
 MODEL_CLASS = AutoModelForSeq2SeqLM
 PRIMARY_METRIC = "bleu"
+PIPELINE_TAG = "translation"
+
+
+def usage_snippet(path: str) -> str:
+    """How a user loads and runs a model folder of this task with plain transformers."""
+    return (
+        "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n\n"
+        f'tokenizer = AutoTokenizer.from_pretrained("{path}")\n'
+        f'model = AutoModelForSeq2SeqLM.from_pretrained("{path}")\n'
+        'batch = tokenizer(["a sentence to translate"], return_tensors="pt")\n'
+        "print(tokenizer.batch_decode(model.generate(**batch, num_beams=4), skip_special_tokens=True))"
+    )
 
 
 def columns(cfg: DataConfig) -> dict[str, str]:
@@ -152,6 +164,30 @@ def infer(model: Any, batch: dict[str, torch.Tensor], settings: Any = None) -> t
     )
 
 
+def latency_modes(settings: Any = None) -> dict[str, Any]:
+    """What the latency measurement times: greedy decoding and the recipe's beam search."""
+    beams = getattr(settings, "num_beams", 4)
+    modes = {"greedy": _generate_with(settings, 1)}
+    if beams > 1:
+        modes[f"beam{beams}"] = _generate_with(settings, beams)
+    return modes
+
+
+def _generate_with(settings: Any, beams: int) -> Any:
+    max_new = getattr(settings, "max_new_tokens", 64)
+
+    def run(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            num_beams=beams,
+            max_new_tokens=max_new,
+            do_sample=False,
+        )
+
+    return run
+
+
 def eval_step(
     model: Any, batch: dict[str, torch.Tensor], settings: Any = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,3 +212,8 @@ def compute_metrics(predictions: list, references: list, tokenizer: Any = None) 
         "bleu": float(sacrebleu.corpus_bleu(hypotheses, [refs]).score),
         "chrf": float(sacrebleu.corpus_chrf(hypotheses, [refs]).score),
     }
+
+
+def metric_inputs(predictions: list, references: list, tokenizer: Any = None) -> tuple[list, list]:
+    """Detokenized outputs, and one reference per sentence as a list (as sacrebleu, bleu, chrf take them)."""
+    return decode(tokenizer, predictions), [[r] for r in decode(tokenizer, references)]

@@ -1,0 +1,209 @@
+"""What the compression cost and bought: teacher, students and baselines measured on the same
+held-out data and machine: task metrics, the share of the teacher's score kept, parameters, size on
+disk, latency at several batch sizes (median of repeated passes after a warm-up, threads fixed),
+speed-up over the teacher and throughput.
+
+The result is the report dictionary written to ``report.json`` (schema in the README).
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from datasets import Dataset
+from torch import nn
+
+from distill.loop import evaluate, make_dataloader
+from distill.modeling import count_parameters, resolve_path
+from distill.speed import measure_latency
+
+SCHEMA = "distill.report/1"
+ROLES = ("teacher", "student", "baseline")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
+
+
+@dataclass
+class Entry:
+    """One model of the comparison."""
+
+    name: str  # unique within the report
+    role: str  # teacher | student | baseline
+    model: nn.Module
+    source: str = ""  # folder or hub id it came from ("" if only in memory)
+
+
+def evaluate_models(
+    accelerator: Accelerator,
+    task: ModuleType,
+    entries: list[Entry],
+    dataset: Dataset,
+    collate: Any,
+    tokenizer: Any,
+    settings: Any,
+    *,
+    split: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Measure every entry on ``dataset``; the first entry with role ``teacher`` is the reference.
+
+    Metrics are computed on every process (the data is sharded); sizes and latency on the main
+    process only, one model after another on the same batches.
+    """
+    teacher = next((e for e in entries if e.role == "teacher"), None)
+    if teacher is None:
+        raise ValueError("the comparison needs a teacher")
+    dl = accelerator.prepare(make_dataloader(dataset, settings.batch_size, collate, shuffle=False, seed=0))
+    scores = {
+        e.name: evaluate(accelerator, e.model, dl, task, tokenizer=tokenizer, settings=settings)
+        for e in entries
+    }
+    metric_names = list(scores[teacher.name])
+    models: list[dict[str, Any]] = []
+    for e in entries:
+        row: dict[str, Any] = {
+            "name": e.name,
+            "role": e.role,
+            "source": e.source,
+            "parameters": count_parameters(e.model),
+            "size_mb": None,
+            "metrics": scores[e.name],
+            "retained": {m: _ratio(scores[e.name][m], scores[teacher.name][m]) for m in metric_names},
+        }
+        models.append(row)
+
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "task": task.__name__.rsplit(".", 1)[-1],
+        "split": split,
+        "examples": len(dataset),
+        "primary_metric": task.PRIMARY_METRIC,
+        "metrics": metric_names,
+        "machine": {
+            "device": str(accelerator.device),
+            "device_name": _device_name(accelerator.device),
+            "processes": accelerator.num_processes,
+            "torch": torch.__version__,
+        },
+        "latency_settings": None,
+        "models": models,
+        "groups": groups(models, metric_names),
+        **(extra or {}),
+    }
+    if accelerator.is_main_process:
+        for row, e in zip(models, entries, strict=True):
+            row["size_mb"] = size_on_disk_mb(e.model, e.source)
+        if settings.latency:
+            report["latency_settings"] = _measure_speed(
+                task, entries, models, dataset, collate, settings, accelerator.device
+            )
+    accelerator.wait_for_everyone()
+    return report
+
+
+def _measure_speed(
+    task: ModuleType,
+    entries: list[Entry],
+    models: list[dict[str, Any]],
+    dataset: Dataset,
+    collate: Any,
+    settings: Any,
+    device: torch.device,
+) -> dict[str, Any]:
+    modes = task.latency_modes(settings)
+    batch_sizes = sorted(set(settings.latency_batch_sizes))
+    threads = settings.latency_threads or torch.get_num_threads()
+    for row in models:
+        row["latency"], row["speedup"] = {}, {}
+    for mode, run in modes.items():
+        for bs in batch_sizes:
+            n = min(len(dataset), max(settings.latency_examples, bs))
+            examples = [dataset[i] for i in range(n)]
+            timed = measure_latency(
+                {e.name: e.model for e in entries},
+                examples,
+                collate,
+                batch_size=bs,
+                repeats=settings.latency_repeats,
+                threads=threads,
+                device=device,
+                run=run,
+            )
+            key = f"batch_{bs}"
+            teacher_ms = timed[_teacher(entries)]["ms_per_example"]
+            for row in models:
+                t = timed[row["name"]]
+                row["latency"].setdefault(mode, {})[key] = {
+                    "ms_per_batch": t["ms_per_example"] * min(bs, n),
+                    "ms_per_example": t["ms_per_example"],
+                    "examples_per_s": t["examples_per_s"],
+                }
+                row["speedup"].setdefault(mode, {})[key] = teacher_ms / t["ms_per_example"]
+    for row in models:
+        largest = f"batch_{batch_sizes[-1]}"
+        row["throughput"] = {mode: row["latency"][mode][largest]["examples_per_s"] for mode in modes}
+    return {
+        "modes": list(modes),
+        "batch_sizes": batch_sizes,
+        "examples": settings.latency_examples,
+        "repeats": settings.latency_repeats,
+        "warmup_passes": 1,
+        "threads": threads,
+        "statistic": "median",
+    }
+
+
+def _teacher(entries: list[Entry]) -> str:
+    return next(e.name for e in entries if e.role == "teacher")
+
+
+def groups(models: list[dict[str, Any]], metric_names: list[str]) -> list[dict[str, Any]]:
+    """Mean and spread of each role with several models (e.g. one student per seed)."""
+    out = []
+    for role in ROLES:
+        rows = [r for r in models if r["role"] == role]
+        if len(rows) < 2:
+            continue
+        values = {m: [r["metrics"][m] for r in rows] for m in metric_names}
+        out.append(
+            {
+                "role": role,
+                "models": [r["name"] for r in rows],
+                "n": len(rows),
+                "mean": {m: statistics.fmean(v) for m, v in values.items()},
+                "std": {m: statistics.stdev(v) for m, v in values.items()},
+                "min": {m: min(v) for m, v in values.items()},
+                "max": {m: max(v) for m, v in values.items()},
+            }
+        )
+    return out
+
+
+def size_on_disk_mb(model: nn.Module, source: str) -> float:
+    """Megabytes (10^6 bytes) of weight files: those of a local model folder, else of the model
+    saved with ``save_pretrained`` (safetensors) to a temporary folder."""
+    folder = Path(resolve_path(source)) if source else None
+    if folder is not None and folder.is_dir():
+        files = [p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
+        if files:
+            return sum(p.stat().st_size for p in files) / 1e6
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        return sum(p.stat().st_size for p in Path(tmp).iterdir() if p.name.endswith(WEIGHT_SUFFIXES)) / 1e6
+
+
+def _ratio(value: float, reference: float) -> float | None:
+    return value / reference if reference else None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
