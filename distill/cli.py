@@ -1,4 +1,4 @@
-"""Command line: ``distill run | validate | recipes``.
+"""Command line: ``distill run | evaluate | validate | recipes``.
 
 Errors in the user's input print one line, ``distill: error: ...``, and exit with code 2.
 """
@@ -44,6 +44,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_recipe(find_recipe(args.recipe), args.overrides)
     run(cfg, resume=args.resume)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from distill.config import load_recipe
+    from distill.run import evaluate_saved
+
+    cfg = load_recipe(find_recipe(args.recipe), args.overrides)
+    evaluate_saved(cfg, teacher=args.teacher, students=args.student, baselines=args.baseline, out=args.out)
     return 0
 
 
@@ -99,6 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the latest checkpoint in output.dir"
     )
     p_run.set_defaults(func=cmd_run)
+    p_eval = sub.add_parser(
+        "evaluate",
+        help="compare a teacher with students and baselines on a recipe's test split (report.json/.md/.png)",
+    )
+    p_eval.add_argument("recipe", help="recipe whose data (test split) and eval settings are used")
+    p_eval.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. eval.latency=false")
+    p_eval.add_argument("--teacher", help="model folder, output folder or hub id (default: the recipe's)")
+    p_eval.add_argument(
+        "--student", action="append", default=[], help="a student to compare (repeat for several)"
+    )
+    p_eval.add_argument(
+        "--baseline", action="append", default=[], help="a no-teacher baseline to compare (repeatable)"
+    )
+    p_eval.add_argument("--out", help="folder for the report (default: the recipe's output.dir)")
+    p_eval.set_defaults(func=cmd_evaluate)
     p_val = sub.add_parser(
         "validate", help="check a recipe, its data, labels and tokenizers without training"
     )
@@ -111,7 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also come after options (`evaluate R --student S eval.latency=false`).
+    if extra:
+        if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     logging.basicConfig(level=logging.WARNING, format="distill: %(message)s")
     logging.getLogger("distill").setLevel(logging.INFO)
     from distill.run import quiet_libraries

@@ -134,6 +134,14 @@ def _align_with_teacher(names: list[str], teacher_config: Any, explicit: bool) -
     return teacher_names  # the same labels, perhaps in another order: take the teacher's order
 
 
+def check_compatible(teacher_config: Any, config: Any, what: str) -> None:
+    """A model compared with the teacher must predict the same label set, in the same order."""
+    theirs = [str(config.id2label[i]) for i in range(int(config.num_labels))]
+    ours = [str(teacher_config.id2label[i]) for i in range(int(teacher_config.num_labels))]
+    if theirs != ours:
+        raise DistillError(f"{what} predicts the labels {theirs}, the teacher {ours}")
+
+
 def model_kwargs(names: list[str] | None) -> dict[str, Any]:
     """Keyword arguments that give a model this label set (``pipeline`` then reports label names)."""
     assert names is not None

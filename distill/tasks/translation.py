@@ -164,6 +164,12 @@ def infer(model: Any, batch: dict[str, torch.Tensor], settings: Any = None) -> t
     )
 
 
+def check_compatible(teacher_config: Any, config: Any, what: str) -> None:
+    """A model compared with the teacher must be an encoder-decoder (the tokenizers are checked apart)."""
+    if not getattr(config, "is_encoder_decoder", False):
+        raise DistillError(f"{what} is a {config.model_type} model, not an encoder-decoder")
+
+
 def latency_modes(settings: Any = None) -> dict[str, Any]:
     """What the latency measurement times: greedy decoding and the recipe's beam search."""
     beams = getattr(settings, "num_beams", 4)
