@@ -153,15 +153,7 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def infer(model: Any, batch: dict[str, torch.Tensor], settings: Any = None) -> torch.Tensor:
     """Generation, as serving does it: beam search with the recipe's beams and length limit."""
-    beams = getattr(settings, "num_beams", 4)
-    max_new = getattr(settings, "max_new_tokens", 64)
-    return model.generate(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        num_beams=beams,
-        max_new_tokens=max_new,
-        do_sample=False,
-    )
+    return _generate_with(settings, getattr(settings, "num_beams", 4))(model, batch)
 
 
 def check_compatible(teacher_config: Any, config: Any, what: str) -> None:
