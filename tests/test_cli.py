@@ -269,6 +269,25 @@ def test_uncached_hub_id_offline_is_one_line(tmp_path, data_csv):
     assert not out.exists()
 
 
+def test_evaluate_uncached_hub_student_offline_is_one_line(tmp_path, teacher_dir, data_csv):
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(teacher_dir, data_csv, tmp_path / "out"))
+    proc = run_cli_process(
+        "evaluate",
+        recipe,
+        "--student",
+        "nobody/not-a-cached-student",
+        timeout=120,
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf"),
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("distill: error: cannot load student 'nobody/not-a-cached-student'")
+    assert "HF_HUB_OFFLINE" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_uncached_hub_dataset_offline_is_one_line(tmp_path, teacher_dir, data_csv):
     out = tmp_path / "out"
     raw = recipe_dict(teacher_dir, data_csv, out)
