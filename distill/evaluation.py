@@ -8,6 +8,7 @@ The result is the report dictionary written to ``report.json`` (schema in the RE
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import tempfile
@@ -206,4 +207,10 @@ def _ratio(value: float, reference: float) -> float | None:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    try:  # Linux names the CPU model here; platform.processor() is often empty
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
     return platform.processor() or platform.machine()

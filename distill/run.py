@@ -512,8 +512,11 @@ def how_made(
         teacher = f"`{t.name_or_path}`" + (
             f", fine-tuned here for {t.finetune.steps} steps" if t.finetune.enabled else ""
         )
-    if s.init == "copy_layers":
-        init = f"the teacher's embeddings, head and layers {copied}" if copied else "copied from the teacher"
+    if s.init == "copy_layers" and cfg.task == "translation":
+        encoder = f"encoder layers {s.encoder_layers}" if s.encoder_layers is not None else "whole encoder"
+        init = f"copied from the teacher: embeddings, head, {encoder} and decoder layers {copied}"
+    elif s.init == "copy_layers":
+        init = f"copied from the teacher: embeddings, head and layers {copied}"
     elif s.init == "from_config":
         init = f"random, the teacher's config with {s.config_overrides}"
     else:
