@@ -474,13 +474,16 @@ def model_folder(name_or_path: str, role: str) -> str:
 
 
 def _names(role: str, paths: list[str]) -> list[str]:
-    """``student`` for one; else each folder's own name (its parent's for a run's student/ folder)."""
+    """``student`` for one; else each folder's own name (its parent's for a run's student/ folder),
+    with ``-baseline`` added for baselines."""
     if len(paths) == 1:
         return [role]
     names: list[str] = []
     for p in paths:
         path = Path(p.rstrip("/"))
         base = path.parent.name if path.name in (STUDENT_DIR, BASELINE_DIR, TEACHER_DIR) else path.name
+        if role != "student" and role not in base:
+            base = f"{base}-{role}"  # a run's student and baseline share their folder's name
         name, i = base or role, 2
         while name in names:
             name, i = f"{base}-{i}", i + 1

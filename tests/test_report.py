@@ -228,3 +228,11 @@ def test_translation_metric_inputs_are_text_with_reference_lists(tmp_path):
 
     preds, references = translation.metric_inputs([[1, 2, -100]], [[1, 3, -100]], Tok())
     assert preds == ["un deux"] and references == [["un trois"]]
+
+
+def test_model_names_in_a_comparison():
+    from distill.run import _names
+
+    assert _names("student", ["runs/a"]) == ["student"]
+    assert _names("student", ["runs/s1", "runs/s2/student", "other/s1/"]) == ["s1", "s2", "s1-2"]
+    assert _names("baseline", ["runs/s1/baseline", "runs/s2"]) == ["s1-baseline", "s2-baseline"]
