@@ -48,8 +48,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from distill.compare import evaluate_saved
     from distill.config import load_recipe
-    from distill.run import evaluate_saved
 
     cfg = load_recipe(find_recipe(args.recipe), args.overrides)
     evaluate_saved(cfg, teacher=args.teacher, students=args.student, baselines=args.baseline, out=args.out)

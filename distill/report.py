@@ -38,7 +38,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _first_mode(report: dict[str, Any]) -> str | None:
+def _main_mode(report: dict[str, Any]) -> str | None:
     settings = report.get("latency_settings")
     return settings["modes"][-1] if settings else None  # translation: the beam search, as evaluated
 
@@ -77,7 +77,7 @@ def table(report: dict[str, Any]) -> str:
             lat = m.get("latency") or {}
             row += [_fmt(lat.get(mode, {}).get(key, {}).get("ms_per_batch"), 2) for mode, key in timing]
             row += [f"{m['speedup'][mode][key]:.2f}x" if m.get("speedup") else "-" for mode, key in timing]
-            row.append(_fmt((m.get("throughput") or {}).get(_first_mode(report)), 1))
+            row.append(_fmt((m.get("throughput") or {}).get(_main_mode(report)), 1))
         rows.append(row)
     for g in report.get("groups", []):
         row = [f"mean ± sd of {g['n']}", g["role"]]
@@ -98,7 +98,7 @@ def notes(report: dict[str, Any]) -> list[str]:
             f"after {settings['warmup_passes']} warm-up pass, {settings['threads']} threads, every model on the "
             "same batches; ms per batch (ms per example at batch 1). Speed-up is the teacher's time over "
             "the model's; throughput is examples per second at the largest batch"
-            + (f", {_first_mode(report)}" if len(settings["modes"]) > 1 else "")
+            + (f", {_main_mode(report)}" if len(settings["modes"]) > 1 else "")
             + "."
         )
     else:
@@ -139,7 +139,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     primary = report["primary_metric"]
-    mode = _first_mode(report)
+    mode = _main_mode(report)
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     measured = False
     for role in ("teacher", "student", "baseline"):
@@ -179,7 +179,7 @@ def console_summary(report: dict[str, Any]) -> str:
     primary = report["primary_metric"]
     teacher = next(m for m in report["models"] if m["role"] == "teacher")
     lines = [table(report)]
-    mode = _first_mode(report)
+    mode = _main_mode(report)
     for m in report["models"]:
         if m["role"] == "teacher":
             continue
@@ -192,74 +192,4 @@ def console_summary(report: dict[str, Any]) -> str:
             speed = ", ".join(f"{v:.2f}x at {k.replace('_', ' ')}" for k, v in m["speedup"][mode].items())
             sentence += f", speed-up {speed} ({mode}, {report['machine']['device']})"
         lines.append(sentence)
-    return "\n".join(lines)
-
-
-def model_card(
-    report: dict[str, Any],
-    name: str,
-    *,
-    how_made: list[tuple[str, str]],
-    pipeline_tag: str,
-    base_model: str | None,
-    usage: str,
-) -> str:
-    """A model card (README.md) for one student: how it was made and what it measured."""
-    model = next(m for m in report["models"] if m["name"] == name)
-    teacher = next(m for m in report["models"] if m["role"] == "teacher")
-    front = [
-        "---",
-        "library_name: transformers",
-        f"pipeline_tag: {pipeline_tag}",
-        "tags:",
-        "- distill",
-        "- knowledge-distillation",
-    ]
-    if base_model:
-        front.append(f"base_model: {base_model}")
-    front.append("---")
-    primary = report["primary_metric"]
-    kept = model["retained"][primary]
-    summary = (
-        f"A {model['parameters'] / 1e6:.1f}M-parameter student distilled by distill from a "
-        f"{teacher['parameters'] / 1e6:.1f}M-parameter teacher. On the {report['split']} split "
-        f"({report['examples']} examples) it keeps {'-' if kept is None else f'{kept:.1%}'} of the "
-        f"teacher's {primary}"
-    )
-    mode = _first_mode(report)
-    if mode and model.get("speedup"):
-        key = "batch_1" if "batch_1" in model["speedup"][mode] else next(iter(model["speedup"][mode]))
-        summary += f" and runs {model['speedup'][mode][key]:.2f}x faster ({mode}, {key.replace('_', ' ')}, {report['machine']['device']})"
-    lines = [
-        *front,
-        "",
-        f"# {name}",
-        "",
-        summary + ".",
-        "",
-        "## How it was made",
-        "",
-        "| | |",
-        "|---|---|",
-        *(f"| {k} | {v} |" for k, v in how_made),
-        "",
-        "## Results",
-        "",
-        table(report),
-        "",
-        *notes(report),
-        "",
-        "## Use",
-        "",
-        "```python",
-        usage,
-        "```",
-        "",
-        "## Limitations",
-        "",
-        f"The numbers above were measured on the {report['split']} split of the recipe's data only; "
-        "quality on other data can differ, and the student inherits the teacher's errors and biases. "
-        "Latency depends on the machine, threads and batch size: measure on your own hardware.",
-        "",
-    ]
     return "\n".join(lines)

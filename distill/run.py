@@ -23,6 +23,7 @@ from datasets import DatasetDict, concatenate_datasets
 from transformers import AutoConfig, AutoTokenizer
 
 from distill import tasks
+from distill.cards import how_made, hub_id, model_card
 from distill.config import RecipeConfig, TrainConfig, check_against_teacher, dump_yaml, to_dict
 from distill.data import load_raw
 from distill.errors import DistillError
@@ -39,9 +40,8 @@ from distill.modeling import (
     hidden_size,
     load_pretrained,
     num_layers,
-    resolve_path,
 )
-from distill.report import REPORT_FILES, console_summary, model_card, write_report
+from distill.report import REPORT_FILES, console_summary, write_report
 from distill.seqkd import pseudo_targets
 from distill.teachers import new_teacher_config, pseudo_settings, stage_settings
 
@@ -191,25 +191,31 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         train_split = (
             pseudo if cfg.loss.sequence_kd == "replace" else concatenate_datasets([train_split, pseudo])
         )
-    set_seed(cfg.train.seed)  # the baseline's training starts from this same state
-    student, result = train(
-        accelerator,
-        name="distill",
-        cfg=cfg.train,
-        student=student,
-        loss_step=loss_step,
-        train_dataset=train_split,
-        eval_dataset=eval_split,
-        collate=collate,
-        task=task,
-        stage_dir=out / STAGES_DIR / "distill",
-        eval_batch_size=cfg.eval.batch_size,
-        resume=resume,
-        tokenizer=plan.tokenizer,
-        eval_settings=cfg.eval,
-    )
-    student = accelerator.unwrap_model(student)
-    save_model(accelerator, student, plan.tokenizer, out / STUDENT_DIR)
+
+    def train_student(name: str, model: torch.nn.Module, step: LossStep, dataset: Any, folder: str):
+        """One student stage (distill, baseline) from the same seeded state; saved to OUTPUT/folder."""
+        set_seed(cfg.train.seed)
+        model, stage = train(
+            accelerator,
+            name=name,
+            cfg=cfg.train,
+            student=model,
+            loss_step=step,
+            train_dataset=dataset,
+            eval_dataset=eval_split,
+            collate=collate,
+            task=task,
+            stage_dir=out / STAGES_DIR / name,
+            eval_batch_size=cfg.eval.batch_size,
+            resume=resume,
+            tokenizer=plan.tokenizer,
+            eval_settings=cfg.eval,
+        )
+        model = accelerator.unwrap_model(model)
+        save_model(accelerator, model, plan.tokenizer, out / folder)
+        return model, stage
+
+    student, result = train_student("distill", student, loss_step, train_split, STUDENT_DIR)
 
     entries = [
         Entry("teacher", "teacher", teacher, _teacher_source(cfg)),
@@ -225,26 +231,10 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         "history": result.history,
     }
     if baseline_init is not None:
-        # The same student, data order, steps and seed; the loss is the cross-entropy alone.
-        set_seed(cfg.train.seed)
-        baseline, baseline_result = train(
-            accelerator,
-            name="baseline",
-            cfg=cfg.train,
-            student=baseline_init,
-            loss_step=LossStep(task),
-            train_dataset=tokenized["train"],
-            eval_dataset=eval_split,
-            collate=collate,
-            task=task,
-            stage_dir=out / STAGES_DIR / "baseline",
-            eval_batch_size=cfg.eval.batch_size,
-            resume=resume,
-            tokenizer=plan.tokenizer,
-            eval_settings=cfg.eval,
+        # The same student, data order, steps and seed; the references and cross-entropy alone.
+        baseline, baseline_result = train_student(
+            "baseline", baseline_init, LossStep(task), tokenized["train"], BASELINE_DIR
         )
-        baseline = accelerator.unwrap_model(baseline)
-        save_model(accelerator, baseline, plan.tokenizer, out / BASELINE_DIR)
         entries.append(Entry("baseline", "baseline", baseline, str(out / BASELINE_DIR)))
         results["baseline_validation"] = baseline_result.metrics
         results["baseline_history"] = baseline_result.history
@@ -265,12 +255,13 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
         write_report(report, out)
         for entry in entries[1:]:
+            seen = len(train_split) if entry.role == "student" else len(tokenized["train"])
             card = model_card(
                 report,
                 entry.name,
-                how_made=how_made(cfg, entry.role, copied, len(train_split), accelerator.num_processes),
+                how_made=how_made(cfg, entry.role, copied, seen, accelerator.num_processes),
                 pipeline_tag=task.PIPELINE_TAG,
-                base_model=_hub_id(cfg.teacher.name_or_path),
+                base_model=hub_id(cfg.teacher.name_or_path),
                 usage=task.usage_snippet(str(out / entry.name)),
             )
             (out / entry.name / "README.md").write_text(card, encoding="utf-8")
@@ -373,182 +364,10 @@ def _finetune_teacher(
     return teacher
 
 
-def evaluate_saved(
-    cfg: RecipeConfig,
-    *,
-    teacher: str | None = None,
-    students: list[str] = (),
-    baselines: list[str] = (),
-    out: str | None = None,
-) -> dict[str, Any]:
-    """``distill evaluate``: saved models (folders, output folders or hub ids) on the recipe's test split.
-
-    Defaults come from the recipe's output folder: its teacher, student and baseline. Every model is
-    checked (a model folder, the teacher's tokenizer, the same labels) before anything is measured.
-    """
-    task = tasks.TASKS[cfg.task]
-    run_dir = Path(cfg.output.dir)
-    if teacher is None:
-        saved = run_dir / TEACHER_DIR
-        teacher = str(saved) if (saved / "config.json").is_file() else cfg.teacher.name_or_path
-    if not teacher:
-        raise DistillError("no teacher: pass --teacher, or set teacher.name_or_path in the recipe")
-    students, baselines = list(students), list(baselines)
-    if not students and not baselines:
-        students = [str(run_dir / STUDENT_DIR)] if (run_dir / STUDENT_DIR).is_dir() else []
-        baselines = [str(run_dir / BASELINE_DIR)] if (run_dir / BASELINE_DIR).is_dir() else []
-    if not students and not baselines:
-        raise DistillError(
-            f"nothing to compare: pass --student PATH, or run the recipe first (no {run_dir / STUDENT_DIR})"
-        )
-
-    teacher_path = model_folder(teacher, "teacher")
-    teacher_config = load_pretrained(AutoConfig.from_pretrained, teacher_path, "teacher")
-    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, teacher_path, "teacher tokenizer")
-    models: list[tuple[str, str, str]] = []  # name, role, path
-    for role, paths in (("student", students), ("baseline", baselines)):
-        for name, path in zip(_names(role, paths), paths, strict=True):
-            folder = model_folder(path, role)
-            what = f"{role} '{path}'"
-            config = load_pretrained(AutoConfig.from_pretrained, folder, what)
-            task.check_compatible(teacher_config, config, what)
-            try:
-                check_same_tokenizer(tokenizer, load_pretrained(AutoTokenizer.from_pretrained, folder, what))
-            except DistillError as e:
-                raise DistillError(f"{what}: {e}") from None
-            models.append((name, role, folder))
-    raw = load_raw(cfg.data, task.columns(cfg.data))
-    splits, _ = task.prepare_targets(raw, cfg.data, teacher_config, True)
-    split = "test" if "test" in splits else "validation"
-    for name in cfg.eval.metrics:
-        load_metric(name)
-
-    accelerator = Accelerator(cpu=_cpu_processes())
-    entries = [
-        Entry(
-            "teacher",
-            "teacher",
-            freeze(task.MODEL_CLASS.from_pretrained(teacher_path), cfg.teacher.dtype),
-            teacher_path,
-        )
-    ]
-    for name, role, folder in models:
-        model = load_pretrained(task.MODEL_CLASS.from_pretrained, folder, f"{role} '{folder}'")
-        entries.append(Entry(name, role, model.eval(), folder))
-    for e in entries:
-        e.model.to(accelerator.device)
-    with accelerator.main_process_first():
-        tokenized = task.tokenize(DatasetDict({split: splits[split]}), tokenizer, cfg.data)
-    report = evaluate_models(
-        accelerator,
-        task,
-        entries,
-        tokenized[split],
-        task.collator(tokenizer, teacher_config),
-        tokenizer,
-        cfg.eval,
-        split=split,
-        extra={"recipe": cfg.description},
-    )
-    if accelerator.is_main_process:
-        write_report(report, Path(out) if out else run_dir)
-        print(console_summary(report))
-    return report
-
-
-def model_folder(name_or_path: str, role: str) -> str:
-    """A model folder, the model inside a run's output folder, or a hub id (returned as given)."""
-    path = Path(resolve_path(name_or_path))
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            return str(path)
-        inner = TEACHER_DIR if role == "teacher" else (BASELINE_DIR if role == "baseline" else STUDENT_DIR)
-        if (path / inner / "config.json").is_file():
-            return str(path / inner)
-        raise DistillError(f"{role} '{name_or_path}' is not a model folder (no config.json in it)")
-    if path.exists():
-        raise DistillError(f"{role} '{name_or_path}' is a file, not a model folder")
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise DistillError(f"{role} '{name_or_path}': no such folder")
-    return name_or_path  # a hub id: load_pretrained explains what goes wrong
-
-
-def _names(role: str, paths: list[str]) -> list[str]:
-    """``student`` for one; else each folder's own name (its parent's for a run's student/ folder),
-    with ``-baseline`` added for baselines."""
-    if len(paths) == 1:
-        return [role]
-    names: list[str] = []
-    for p in paths:
-        path = Path(p.rstrip("/"))
-        base = path.parent.name if path.name in (STUDENT_DIR, BASELINE_DIR, TEACHER_DIR) else path.name
-        if role != "student" and role not in base:
-            base = f"{base}-{role}"  # a run's student and baseline share their folder's name
-        name, i = base or role, 2
-        while name in names:
-            name, i = f"{base}-{i}", i + 1
-        names.append(name)
-    return names
-
-
 def _teacher_source(cfg: RecipeConfig) -> str:
     if cfg.teacher.stage.enabled:
         return str(Path(cfg.output.dir) / TEACHER_DIR)
     return cfg.teacher.name_or_path
-
-
-def _hub_id(name_or_path: str) -> str | None:
-    """The teacher's hub id for a model card's ``base_model`` (None for local or packaged folders)."""
-    if not name_or_path or name_or_path.startswith("pkg:") or Path(name_or_path).exists():
-        return None
-    return name_or_path
-
-
-def how_made(
-    cfg: RecipeConfig, role: str, copied: list[int] | None, train_examples: int, processes: int
-) -> list[tuple[str, str]]:
-    """The model card's "how it was made" rows, from the resolved recipe."""
-    t, s, loss, tr = cfg.teacher, cfg.student, cfg.loss, cfg.train
-    if t.architecture:
-        teacher = f"trained here from scratch ({t.architecture.get('model_type')}, {t.train.steps} steps)"
-    else:
-        teacher = f"`{t.name_or_path}`" + (
-            f", fine-tuned here for {t.finetune.steps} steps" if t.finetune.enabled else ""
-        )
-    if s.init == "copy_layers" and cfg.task == "translation":
-        encoder = f"encoder layers {s.encoder_layers}" if s.encoder_layers is not None else "whole encoder"
-        init = f"copied from the teacher: embeddings, head, {encoder} and decoder layers {copied}"
-    elif s.init == "copy_layers":
-        init = f"copied from the teacher: embeddings, head and layers {copied}"
-    elif s.init == "from_config":
-        init = f"random, the teacher's config with {s.config_overrides}"
-    else:
-        init = f"pretrained `{s.name_or_path}`"
-    if role == "baseline":
-        signal = "cross-entropy on the hard labels only, no teacher (the baseline)"
-    elif loss.alpha > 0:
-        signal = f"{loss.alpha:g} · T²·{loss.soft}(teacher ‖ student) at T = {loss.temperature:g}" + (
-            f" + {1 - loss.alpha:g} · cross-entropy" if loss.alpha < 1 else ""
-        )
-    else:
-        signal = "cross-entropy"
-    if role != "baseline" and loss.hidden_weight > 0:
-        signal += f" + {loss.hidden_weight:g} · hidden-state {loss.hidden}"
-    if role != "baseline" and loss.sequence_kd:
-        signal += f"; targets: teacher beam-{loss.sequence_kd_beams} outputs ({loss.sequence_kd})"
-    data = cfg.data.dataset or cfg.data.synthetic or ", ".join(f"{k}: {v}" for k, v in cfg.data.files.items())
-    return [
-        ("Teacher", teacher),
-        ("Recipe", cfg.description or "(no description)"),
-        ("Initialisation", init),
-        ("Training signal", signal),
-        ("Data", f"{data}; {train_examples} training examples"),
-        (
-            "Budget",
-            f"{tr.steps} steps x {tr.batch_size} examples x {tr.gradient_accumulation_steps} accumulation "
-            f"x {processes} processes, learning rate {tr.learning_rate:g}, seed {tr.seed}",
-        ),
-    ]
 
 
 def _check_output_folder(out: Path, *, resume: bool, overwrite: bool) -> None:

@@ -283,7 +283,7 @@ def test_evaluate_uncached_hub_student_offline_is_one_line(tmp_path, teacher_dir
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("distill: error: cannot load student 'nobody/not-a-cached-student'")
+    assert lines[0].startswith("distill: error: cannot load student 'nobody/not-a-cached-student': ")
     assert "HF_HUB_OFFLINE" in lines[0]
     assert not (tmp_path / "out").exists()
 

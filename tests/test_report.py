@@ -231,8 +231,8 @@ def test_translation_metric_inputs_are_text_with_reference_lists(tmp_path):
 
 
 def test_model_names_in_a_comparison():
-    from distill.run import _names
+    from distill.compare import names_for
 
-    assert _names("student", ["runs/a"]) == ["student"]
-    assert _names("student", ["runs/s1", "runs/s2/student", "other/s1/"]) == ["s1", "s2", "s1-2"]
-    assert _names("baseline", ["runs/s1/baseline", "runs/s2"]) == ["s1-baseline", "s2-baseline"]
+    assert names_for("student", ["runs/a"]) == ["student"]
+    assert names_for("student", ["runs/s1", "runs/s2/student", "other/s1/"]) == ["s1", "s2", "s1-2"]
+    assert names_for("baseline", ["runs/s1/baseline", "runs/s2"]) == ["s1-baseline", "s2-baseline"]
