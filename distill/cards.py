@@ -1,0 +1,133 @@
+"""Model cards: a ``README.md`` in each student's folder, saying how it was made and what it measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from distill.config import RecipeConfig
+from distill.report import _main_mode, notes, table
+
+
+def hub_id(name_or_path: str) -> str | None:
+    """The teacher's hub id for a model card's ``base_model`` (None for local or packaged folders)."""
+    if not name_or_path or name_or_path.startswith("pkg:") or Path(name_or_path).exists():
+        return None
+    return name_or_path
+
+
+def how_made(
+    cfg: RecipeConfig, role: str, copied: list[int] | None, train_examples: int, processes: int
+) -> list[tuple[str, str]]:
+    """The model card's "how it was made" rows, from the resolved recipe."""
+    t, s, loss, tr = cfg.teacher, cfg.student, cfg.loss, cfg.train
+    if t.architecture:
+        teacher = f"trained here from scratch ({t.architecture.get('model_type')}, {t.train.steps} steps)"
+    else:
+        teacher = f"`{t.name_or_path}`" + (
+            f", fine-tuned here for {t.finetune.steps} steps" if t.finetune.enabled else ""
+        )
+    if s.init == "copy_layers" and cfg.task == "translation":
+        encoder = f"encoder layers {s.encoder_layers}" if s.encoder_layers is not None else "whole encoder"
+        init = f"copied from the teacher: embeddings, head, {encoder} and decoder layers {copied}"
+    elif s.init == "copy_layers":
+        init = f"copied from the teacher: embeddings, head and layers {copied}"
+    elif s.init == "from_config":
+        init = f"random, the teacher's config with {s.config_overrides}"
+    else:
+        init = f"pretrained `{s.name_or_path}`"
+    if role == "baseline":
+        signal = "cross-entropy on the hard labels only, no teacher (the baseline)"
+    elif loss.alpha > 0:
+        signal = f"{loss.alpha:g} · T²·{loss.soft}(teacher ‖ student) at T = {loss.temperature:g}" + (
+            f" + {1 - loss.alpha:g} · cross-entropy" if loss.alpha < 1 else ""
+        )
+    else:
+        signal = "cross-entropy"
+    if role != "baseline" and loss.hidden_weight > 0:
+        signal += f" + {loss.hidden_weight:g} · hidden-state {loss.hidden}"
+    if role != "baseline" and loss.sequence_kd:
+        signal += f"; targets: teacher beam-{loss.sequence_kd_beams} outputs ({loss.sequence_kd})"
+    data = cfg.data.dataset or cfg.data.synthetic or ", ".join(f"{k}: {v}" for k, v in cfg.data.files.items())
+    return [
+        ("Teacher", teacher),
+        ("Recipe", cfg.description or "(no description)"),
+        ("Initialisation", init),
+        ("Training signal", signal),
+        ("Data", f"{data}; {train_examples} training examples"),
+        (
+            "Budget",
+            f"{tr.steps} steps x {tr.batch_size} examples x {tr.gradient_accumulation_steps} accumulation "
+            f"x {processes} processes, learning rate {tr.learning_rate:g}, seed {tr.seed}",
+        ),
+    ]
+
+
+def model_card(
+    report: dict[str, Any],
+    name: str,
+    *,
+    how_made: list[tuple[str, str]],
+    pipeline_tag: str,
+    base_model: str | None,
+    usage: str,
+) -> str:
+    """A model card (README.md) for one student: how it was made and what it measured."""
+    model = next(m for m in report["models"] if m["name"] == name)
+    teacher = next(m for m in report["models"] if m["role"] == "teacher")
+    front = [
+        "---",
+        "library_name: transformers",
+        f"pipeline_tag: {pipeline_tag}",
+        "tags:",
+        "- distill",
+        "- knowledge-distillation",
+    ]
+    if base_model:
+        front.append(f"base_model: {base_model}")
+    front.append("---")
+    primary = report["primary_metric"]
+    kept = model["retained"][primary]
+    summary = (
+        f"A {model['parameters'] / 1e6:.1f}M-parameter student distilled by distill from a "
+        f"{teacher['parameters'] / 1e6:.1f}M-parameter teacher. On the {report['split']} split "
+        f"({report['examples']} examples) it keeps {'-' if kept is None else f'{kept:.1%}'} of the "
+        f"teacher's {primary}"
+    )
+    mode = _main_mode(report)
+    if mode and model.get("speedup"):
+        key = "batch_1" if "batch_1" in model["speedup"][mode] else next(iter(model["speedup"][mode]))
+        summary += f" and runs {model['speedup'][mode][key]:.2f}x faster ({mode}, {key.replace('_', ' ')}, {report['machine']['device']})"
+    lines = [
+        *front,
+        "",
+        f"# {name}",
+        "",
+        summary + ".",
+        "",
+        "## How it was made",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in how_made),
+        "",
+        "## Results",
+        "",
+        table(report),
+        "",
+        *notes(report),
+        "",
+        "## Use",
+        "",
+        "```python",
+        usage,
+        "```",
+        "",
+        "## Limitations",
+        "",
+        f"The numbers above were measured on the {report['split']} split of the recipe's data only; "
+        "quality on other data can differ, and the student inherits the teacher's errors and biases. "
+        "Latency depends on the machine, threads and batch size: measure on your own hardware.",
+        "",
+    ]
+    return "\n".join(lines)
