@@ -30,4 +30,4 @@ raw = recipe_dict(teacher, data, work / "out", teacher={"dtype": "bfloat16"}, da
 write_recipe(work / "r.yaml", raw)
 PY
 python3 -m distill.cli run "$work/r.yaml" 2>&1 | grep -v "it/s" | tail -8
-python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print('device', r['latency_device'], 'teacher', r['teacher']['accuracy'], 'student', r['student']['accuracy'])" "$work/out/results.json"
+python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print('device', r['machine']['device'], *(f\"{m['name']} {m['metrics']['accuracy']}\" for m in r['models']))" "$work/out/report.json"
