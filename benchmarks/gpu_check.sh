@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks, run on a machine with one CUDA GPU from the repository root:
-#   1. the test suite on the GPU (tiny models; the CPU-only 2-process gloo test and the test that
+#   1. the test suite on the GPU (tiny models; the CPU-only 2-process gloo test and the tests that
 #      need the offline packages (quickstart check, notebook) are left out),
 #   2. the step-overhead benchmark on the GPU (MiniLM-L6 shapes, random weights),
 #   3. an end-to-end `distill run` with bf16 mixed precision and a bf16 teacher.
