@@ -78,13 +78,12 @@ def evaluate_saved(
         Entry(
             "teacher",
             "teacher",
-            freeze(task.MODEL_CLASS.from_pretrained(teacher_path), cfg.teacher.dtype),
+            freeze(_load_trained(task, teacher_path, "teacher"), cfg.teacher.dtype),
             teacher_path,
         )
     ]
     for name, role, folder in models:
-        model = load_pretrained(task.MODEL_CLASS.from_pretrained, folder, role)
-        entries.append(Entry(name, role, model.eval(), folder))
+        entries.append(Entry(name, role, _load_trained(task, folder, role), folder))
     for e in entries:
         e.model.to(accelerator.device)
     with accelerator.main_process_first():
@@ -104,6 +103,18 @@ def evaluate_saved(
         write_report(report, Path(out) if out else run_dir)
         print(console_summary(report))
     return report
+
+
+def _load_trained(task: Any, path: str, role: str) -> Any:
+    """The model in eval mode; refused if any of its weights would be freshly initialised (a
+    backbone without the task's head, say), which would make its scores meaningless."""
+    model, info = load_pretrained(task.MODEL_CLASS.from_pretrained, path, role, output_loading_info=True)
+    if info["missing_keys"]:
+        missing = ", ".join(sorted(info["missing_keys"])[:3])
+        raise DistillError(
+            f"{role} '{path}' lacks trained weights for this task ({missing}); nothing to evaluate"
+        )
+    return model.eval()
 
 
 def model_folder(name_or_path: str, role: str) -> str:

@@ -14,9 +14,11 @@ from conftest import (
     make_tokenizer,
     read_report,
     recipe_dict,
+    tiny_bert_config,
     write_recipe,
 )
 from safetensors.torch import load_file
+from transformers import BertModel
 
 from distill.cli import main
 from distill.metrics import compute_extra
@@ -188,6 +190,16 @@ def test_evaluate_bad_input_is_one_line_exit_2(baseline_run, tmp_path, capsys):
     config["label2id"] = {v: int(k) for k, v in config["id2label"].items()}
     (relabelled / "config.json").write_text(json.dumps(config))
     assert "predicts the labels ['bad', 'meh', 'good']" in run("--student", str(relabelled))
+    # A teacher without a trained head (a backbone with the right label names).
+    backbone = tmp_path / "backbone"
+    tok = make_tokenizer(backbone)
+    names = {0: "negative", 1: "neutral", 2: "positive"}
+    BertModel(
+        tiny_bert_config(len(tok), id2label=names, label2id={v: k for k, v in names.items()})
+    ).save_pretrained(backbone)
+    assert "lacks trained weights for this task (classifier.bias" in run(
+        "--teacher", str(backbone), "--student", str(out / "student")
+    )
     # An evaluation set without the needed column.
     assert "text_column" in run("data.text_column=body", "--student", str(out / "student"))
     assert not report_dir.exists()
