@@ -179,6 +179,8 @@ class DataConfig:
     )
     max_length: int = 128  # tokens per example; longer inputs are truncated
     max_train_examples: int = 0  # use at most this many training examples (0: all)
+    reference_examples: int = 0  # student and baseline: only the first N training targets (0: all);
+    # with loss.sequence_kd the teacher's outputs still cover every training source (a transfer set)
     max_eval_examples: int = 0  # use at most this many validation and test examples (0: all)
     seed: int = 1234  # seed of the carved splits and of the subsampling
 
@@ -212,6 +214,7 @@ class DataConfig:
         positive(f"{key}.max_length", self.max_length)
         positive(f"{key}.max_target_length", self.max_target_length)
         non_negative(f"{key}.max_train_examples", self.max_train_examples)
+        non_negative(f"{key}.reference_examples", self.reference_examples)
         non_negative(f"{key}.max_eval_examples", self.max_eval_examples)
 
 

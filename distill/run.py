@@ -177,12 +177,15 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         )
         projection = HiddenProjection(layer_map, hidden_size(student.config), hidden_size(teacher.config))
     loss_step = LossStep(task, cfg.loss, teacher=teacher, projection=projection)
-    train_split = tokenized["train"]
+    references = tokenized["train"]  # what the student and the baseline see of the targets
+    if cfg.data.reference_examples:
+        references = references.select(range(min(cfg.data.reference_examples, len(references))))
+    train_split = references
     if cfg.loss.sequence_kd:
         pseudo = pseudo_targets(
             accelerator,
             teacher,
-            train_split,
+            tokenized["train"],  # every training source, with or without a reference
             collate,
             out / PSEUDO_DIR,
             settings=pseudo_settings(cfg),
@@ -233,7 +236,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
     if baseline_init is not None:
         # The same student, data order, steps and seed; the references and cross-entropy alone.
         baseline, baseline_result = train_student(
-            "baseline", baseline_init, LossStep(task), tokenized["train"], BASELINE_DIR
+            "baseline", baseline_init, LossStep(task), references, BASELINE_DIR
         )
         entries.append(Entry("baseline", "baseline", baseline, str(out / BASELINE_DIR)))
         results["baseline_validation"] = baseline_result.metrics
@@ -255,7 +258,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
         write_report(report, out)
         for entry in entries[1:]:
-            seen = len(train_split) if entry.role == "student" else len(tokenized["train"])
+            seen = len(train_split) if entry.role == "student" else len(references)
             card = model_card(
                 report,
                 entry.name,

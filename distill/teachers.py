@@ -23,7 +23,8 @@ def stage_settings(cfg: RecipeConfig) -> dict[str, Any]:
     }
     stage = "train" if cfg.teacher.architecture else "finetune"
     settings.update({f"teacher.{stage}.{k}": v for k, v in to_dict(cfg.teacher.stage).items()})
-    settings.update({f"data.{k}": v for k, v in to_dict(cfg.data).items()})
+    # reference_examples limits what the student sees, not what the teacher is trained on.
+    settings.update({f"data.{k}": v for k, v in to_dict(cfg.data).items() if k != "reference_examples"})
     return json.loads(json.dumps(settings))
 
 

@@ -116,3 +116,32 @@ def test_sequence_level_kd_end_to_end(tmp_path, marian_dir, pairs_csv, mode):
     results = json.loads((out / "results.json").read_text())
     assert json.loads((out / "pseudo_targets" / "complete.json").read_text())["examples"] == 260
     assert results["train_examples"] == (260 if mode == "replace" else 520)
+
+
+def test_few_references_and_a_transfer_set(tmp_path, marian_dir, pairs_csv):
+    """data.reference_examples: the student and the baseline see 30 references; the teacher's
+    outputs cover all 260 training sources, and are reused by a run with all references."""
+    out = tmp_path / "out"
+    raw = translation_recipe(
+        marian_dir,
+        pairs_csv,
+        out,
+        loss={"sequence_kd": "mix", "sequence_kd_beams": 2},
+        data={"reference_examples": 30},
+        train={"steps": 2, "baseline": True},
+    )
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    assert main(["run", str(recipe), "eval.latency=false"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["train_examples"] == 30 + 260
+    assert json.loads((out / "pseudo_targets" / "complete.json").read_text())["examples"] == 260
+    assert "; 30 training examples |" in (out / "baseline" / "README.md").read_text()
+    assert "; 290 training examples |" in (out / "student" / "README.md").read_text()
+    # The teacher's outputs do not depend on how many references the student sees.
+    stamp = (out / "pseudo_targets" / "complete.json").stat().st_mtime_ns
+    assert (
+        main(["run", str(recipe), "eval.latency=false", "output.overwrite=true", "data.reference_examples=0"])
+        == 0
+    )
+    assert (out / "pseudo_targets" / "complete.json").stat().st_mtime_ns == stamp
+    assert json.loads((out / "results.json").read_text())["train_examples"] == 260 + 260
