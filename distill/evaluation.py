@@ -103,7 +103,7 @@ def evaluate_models(
             row["size_mb"] = size_on_disk_mb(e.model, e.source)
         if settings.latency:
             report["latency_settings"] = _measure_speed(
-                task, entries, models, dataset, collate, settings, accelerator.device
+                task, entries, models, teacher.name, dataset, collate, settings, accelerator.device
             )
     accelerator.wait_for_everyone()
     return report
@@ -113,6 +113,7 @@ def _measure_speed(
     task: ModuleType,
     entries: list[Entry],
     models: list[dict[str, Any]],
+    teacher: str,
     dataset: Dataset,
     collate: Any,
     settings: Any,
@@ -138,7 +139,7 @@ def _measure_speed(
                 run=run,
             )
             key = f"batch_{bs}"
-            teacher_ms = timed[_teacher(entries)]["ms_per_example"]
+            teacher_ms = timed[teacher]["ms_per_example"]
             for row in models:
                 t = timed[row["name"]]
                 row["latency"].setdefault(mode, {})[key] = {
@@ -159,10 +160,6 @@ def _measure_speed(
         "threads": threads,
         "statistic": "median",
     }
-
-
-def _teacher(entries: list[Entry]) -> str:
-    return next(e.name for e in entries if e.role == "teacher")
 
 
 def groups(models: list[dict[str, Any]], metric_names: list[str]) -> list[dict[str, Any]]:

@@ -197,24 +197,9 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
 
     def train_student(name: str, model: torch.nn.Module, step: LossStep, dataset: Any, folder: str):
         """One student stage (distill, baseline) from the same seeded state; saved to OUTPUT/folder."""
-        set_seed(cfg.train.seed)
-        model, stage = train(
-            accelerator,
-            name=name,
-            cfg=cfg.train,
-            student=model,
-            loss_step=step,
-            train_dataset=dataset,
-            eval_dataset=eval_split,
-            collate=collate,
-            task=task,
-            stage_dir=out / STAGES_DIR / name,
-            eval_batch_size=cfg.eval.batch_size,
-            resume=resume,
-            tokenizer=plan.tokenizer,
-            eval_settings=cfg.eval,
+        model, stage = _train_stage(
+            accelerator, plan, name, cfg.train, model, step, dataset, eval_split, collate, resume
         )
-        model = accelerator.unwrap_model(model)
         save_model(accelerator, model, plan.tokenizer, out / folder)
         return model, stage
 
@@ -340,24 +325,19 @@ def _finetune_teacher(
         keep_checkpoints=cfg.train.keep_checkpoints,
         log_every=cfg.train.log_every,
     )
-    set_seed(ft.seed)
-    model, result = train(
+    teacher, result = _train_stage(
         accelerator,
-        name=name,
-        cfg=stage_cfg,
-        student=teacher,
-        loss_step=LossStep(plan.task),
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
-        collate=collate,
-        task=plan.task,
-        stage_dir=out / STAGES_DIR / name.replace("-", "_"),
-        eval_batch_size=cfg.eval.batch_size,
-        resume=resume,
-        tokenizer=plan.tokenizer,
-        eval_settings=cfg.eval,
+        plan,
+        name,
+        stage_cfg,
+        teacher,
+        LossStep(plan.task),
+        tokenized["train"],
+        tokenized["validation"],
+        collate,
+        resume,
+        stage_dir=name.replace("-", "_"),
     )
-    teacher = accelerator.unwrap_model(model)
     save_model(accelerator, teacher, plan.tokenizer, out / TEACHER_DIR)
     if accelerator.is_main_process:
         marker = {"settings": stage_settings(cfg), "validation": result.metrics}
@@ -365,6 +345,41 @@ def _finetune_teacher(
         shutil.rmtree(out / STAGES_DIR / name.replace("-", "_"), ignore_errors=True)
     accelerator.free_memory()
     return teacher
+
+
+def _train_stage(
+    accelerator: Accelerator,
+    plan: Plan,
+    name: str,
+    stage_cfg: TrainConfig,
+    model: torch.nn.Module,
+    loss_step: LossStep,
+    dataset: Any,
+    eval_dataset: Any,
+    collate: Any,
+    resume: bool,
+    stage_dir: str | None = None,
+) -> tuple[torch.nn.Module, Any]:
+    """Train ``model`` as one stage, from the state ``stage_cfg.seed`` gives; returns it unwrapped."""
+    cfg = plan.cfg
+    set_seed(stage_cfg.seed)
+    model, result = train(
+        accelerator,
+        name=name,
+        cfg=stage_cfg,
+        student=model,
+        loss_step=loss_step,
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        collate=collate,
+        task=plan.task,
+        stage_dir=Path(cfg.output.dir) / STAGES_DIR / (stage_dir or name),
+        eval_batch_size=cfg.eval.batch_size,
+        resume=resume,
+        tokenizer=plan.tokenizer,
+        eval_settings=cfg.eval,
+    )
+    return accelerator.unwrap_model(model), result
 
 
 def _teacher_source(cfg: RecipeConfig) -> str:
