@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -38,6 +40,28 @@ def _recipe_files() -> list[Path]:
     return list(seen.values())
 
 
+class Stop(BaseException):
+    """A signal that asks the process to stop (SIGTERM from a scheduler, `timeout` or torchrun)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    raise Stop(signum)
+
+
+def catch_signals() -> None:
+    """SIGTERM and SIGINT stop the run where it is: every write is atomic, so what is on disk is a
+    resumable state; the CLI then says so in one line."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(sig, _on_signal)
+        except ValueError:  # not the main thread (a notebook, a test runner's worker)
+            pass
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from distill.config import load_recipe
     from distill.run import run
@@ -58,6 +82,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from distill.config import load_recipe
+    from distill.modeling import num_layers
     from distill.run import prepare
 
     cfg = load_recipe(find_recipe(args.recipe), args.overrides)
@@ -69,7 +94,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         or f"built from teacher.architecture, tokenizer of {len(plan.tokenizer)} pieces"
     )
     print(
-        f"  teacher   {source} ({plan.teacher_config.model_type}, {plan.teacher_config.num_hidden_layers} layers)"
+        f"  teacher   {source} ({plan.teacher_config.model_type}, {num_layers(plan.teacher_config)} layers)"
     )
     print(
         f"  student   {cfg.student.init}" + (f", layers {cfg.student.layers}" if cfg.student.layers else "")
@@ -135,6 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    catch_signals()
+    try:
+        return _main(argv)
+    except DistillError as e:
+        print(f"distill: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except (KeyboardInterrupt, Stop) as e:
+        signum = e.signum if isinstance(e, Stop) else signal.SIGINT
+        _say_stopped(signum, argv if argv is not None else sys.argv[1:])
+        return 128 + signum
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also come after options (`evaluate R --student S eval.latency=false`).
@@ -147,17 +185,20 @@ def main(argv: list[str] | None = None) -> int:
     from distill.run import quiet_libraries
 
     quiet_libraries()
-    try:
-        return args.func(args)
-    except DistillError as e:
-        print(f"distill: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "distill: interrupted; `distill run RECIPE --resume` continues from the last checkpoint",
-            file=sys.stderr,
-        )
-        return 130
+    return args.func(args)
+
+
+def _say_stopped(signum: int, argv: list[str]) -> None:
+    """One line, from the main process only (under torchrun every rank gets the signal)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    name = signal.Signals(signum).name
+    if argv and argv[0] == "run":
+        again = " ".join(["distill", *argv] + ([] if "--resume" in argv else ["--resume"]))
+        advice = f"`{again}` finishes it"
+    else:
+        advice = "nothing was written"
+    print(f"\ndistill: stopped by {name}; {advice}", file=sys.stderr)
 
 
 if __name__ == "__main__":

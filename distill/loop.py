@@ -14,9 +14,8 @@ processes x 2 micro-batches of 2, give the same gradient.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import shutil
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +29,16 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from distill import atomic, checkpoints
 from distill.config import LossConfig, TrainConfig
-from distill.errors import DistillError
+from distill.errors import DistillError, RunFailed
 from distill.losses import HIDDEN_LOSSES, SOFT_LOSSES, chunked_kd_mix, hard_ce, kd_mix
 from distill.metrics import compute_extra
-from distill.modeling import HiddenProjection
+from distill.modeling import HiddenProjection, freeze_unsaved
 
 log = logging.getLogger(__name__)
 
 SCHEDULER_NAMES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
-CHECKPOINT_PREFIX = "step_"
 LOGGED_TERMS = ("loss", "hard", "soft", "hidden", "items")
 
 
@@ -148,9 +147,9 @@ def evaluate(
 ) -> dict[str, float]:
     """Task metrics of ``model`` over a prepared dataloader, gathered from every process.
 
-    ``task.eval_step`` gives predictions and references per batch (class ids, or token ids padded
-    with -100); sequences are padded to one length across processes before gathering, and
-    ``gather_for_metrics`` drops the duplicates that even batches add at the end.
+    ``task.eval_step`` gives predictions and references per batch (class ids, token ids padded
+    with -100, or reference texts); sequences are padded to one length across processes before
+    gathering, and ``gather_for_metrics`` drops the duplicates that even batches add at the end.
     """
     model = accelerator.unwrap_model(model)  # generate() lives on the bare model
     was_training = model.training
@@ -162,10 +161,15 @@ def evaluate(
             preds, refs = task.eval_step(model, batch, settings)
         if preds.ndim > 1:
             preds = accelerator.pad_across_processes(preds, dim=1, pad_index=-100)
-            refs = accelerator.pad_across_processes(refs, dim=1, pad_index=-100)
-        preds, refs = accelerator.gather_for_metrics((preds, refs))
+        if isinstance(refs, Tensor):
+            if refs.ndim > 1:
+                refs = accelerator.pad_across_processes(refs, dim=1, pad_index=-100)
+            preds, refs = accelerator.gather_for_metrics((preds, refs))
+            references.extend(refs.cpu().tolist())
+        else:  # raw reference texts
+            preds = accelerator.gather_for_metrics(preds)
+            references.extend(accelerator.gather_for_metrics(list(refs), use_gather_object=True))
         predictions.extend(preds.cpu().tolist())
-        references.extend(refs.cpu().tolist())
     model.train(was_training)
     scores = task.compute_metrics(predictions, references, tokenizer)
     extra = list(getattr(settings, "metrics", None) or [])
@@ -190,14 +194,8 @@ def make_dataloader(
 
 
 def latest_checkpoint(stage_dir: Path) -> Path | None:
-    found = sorted(
-        (
-            p
-            for p in (stage_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*")
-            if p.name[len(CHECKPOINT_PREFIX) :].isdigit()
-        ),
-        key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]),
-    )
+    """The newest checkpoint of a stage by name (intact or not: see :func:`checkpoints.latest_intact`)."""
+    found = checkpoints.listed(stage_dir)
     return found[-1] if found else None
 
 
@@ -220,9 +218,14 @@ def train(
 ) -> tuple[nn.Module, TrainResult]:
     """Train ``student`` for ``cfg.steps`` optimizer steps; returns the prepared model and the result.
 
-    Checkpoints go to ``stage_dir/checkpoints/step_N`` (``save_state``: model, optimizer,
-    scheduler, RNG states); with ``resume`` the latest one is loaded and training continues
-    exactly where it stopped.
+    Checkpoints go to ``stage_dir/checkpoints/step_N`` (see :mod:`distill.checkpoints`); with
+    ``resume`` the latest intact one is loaded and training continues exactly where it stopped,
+    logged history included.
+
+    Parameters that ``save_pretrained`` does not write (Marian's sinusoidal position tables) are
+    frozen, so the saved model is the trained one. The first non-finite loss or gradient stops the
+    stage with :class:`RunFailed`: it is detected on the device and checked at every log,
+    evaluation and checkpoint step and at the end, so no checkpoint or model is written after it.
     """
     accum = cfg.gradient_accumulation_steps
     global_batch = cfg.batch_size * accelerator.num_processes
@@ -233,6 +236,12 @@ def train(
         )
     train_dl = make_dataloader(train_dataset, cfg.batch_size, collate, shuffle=True, seed=cfg.seed)
     eval_dl = make_dataloader(eval_dataset, eval_batch_size, collate, shuffle=False, seed=cfg.seed)
+    frozen = freeze_unsaved(student)
+    if frozen:
+        accelerator.print(
+            f"{name}: not training {', '.join(frozen)} (save_pretrained does not write them; "
+            "they keep their initial values so that the saved model is the trained one)"
+        )
     modules = [student] + ([loss_step.projection] if loss_step.projection is not None else [])
     optimizer = torch.optim.AdamW(_param_groups(modules, cfg.weight_decay), lr=cfg.learning_rate)
     # The scheduler is stepped by hand once per optimizer step (a prepared one steps once per
@@ -252,12 +261,17 @@ def train(
         loss_step.teacher.to(accelerator.device)
 
     start_step, history = 0, []
-    checkpoint = latest_checkpoint(stage_dir) if resume else None
+    running = torch.zeros(len(LOGGED_TERMS), device=accelerator.device)  # summed since the last log
+    if accelerator.is_main_process:
+        atomic.clean_leftovers(stage_dir / "checkpoints")  # what interrupted writes left behind
+    accelerator.wait_for_everyone()
+    checkpoint = checkpoints.latest_intact(accelerator, stage_dir, name) if resume else None
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-        start_step, history = state["step"], state["history"]
+        try:
+            start_step, history, sums = checkpoints.load(accelerator, checkpoint, scheduler)
+        except Exception as e:  # a checkpoint that matches its manifest but not this model
+            raise DistillError(f"{name}: cannot resume from {checkpoint}: {str(e)[:300]}") from None
+        running = torch.tensor(sums, dtype=running.dtype, device=accelerator.device)
         accelerator.print(f"{name}: resuming from {checkpoint} (step {start_step} of {cfg.steps})")
 
     batches = _batches(accelerator, train_dl, start_step * accum)
@@ -269,20 +283,34 @@ def train(
         disable=not accelerator.is_local_main_process,
         dynamic_ncols=True,
     )
-    running = torch.zeros(len(LOGGED_TERMS), device=accelerator.device)  # summed since the last log
     metrics: dict[str, float] = {}
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    # fp16's loss scaling overflows the gradient on purpose now and then (the step is skipped):
+    # there only the loss tells divergence.
+    check_gradient = cfg.mixed_precision != "fp16"
+    first_bad = torch.zeros((), dtype=torch.long, device=accelerator.device)  # 0: all finite so far
     for step in range(start_step + 1, cfg.steps + 1):
         micro = [next(batches) for _ in range(accum)]
         totals = backward_step(accelerator, student, loss_step, micro)
         running += torch.stack([totals[k] for k in LOGGED_TERMS])
-        if cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_([p for m in modules for p in m.parameters()], cfg.max_grad_norm)
+        # The gradient norm (clipping at infinity changes nothing) is computed anyway to see
+        # non-finite gradients; no host sync here, the flag is read at the next check.
+        norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+        finite = torch.isfinite(totals["loss"])
+        if check_gradient and norm is not None:
+            finite = finite & torch.isfinite(torch.as_tensor(norm, device=finite.device))
+        first_bad = torch.where((first_bad == 0) & ~finite, step, first_bad)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         progress.update(1)
 
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        evaluating = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+        checkpointing = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps
+        logging_now = step % cfg.log_every == 0 or step == cfg.steps
+        if logging_now or evaluating or checkpointing:
+            _stop_if_diverged(accelerator, name, first_bad)
+        if logging_now:
             summed = (
                 accelerator.reduce(running, "sum") if accelerator.num_processes > 1 else running
             ).tolist()
@@ -295,15 +323,23 @@ def train(
             history.append(entry)
             progress.set_postfix(loss=f"{entry['train/loss']:.4f}")
             running.zero_()
-        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+        if evaluating:
             metrics = evaluate(
                 accelerator, student, eval_dl, task, tokenizer=tokenizer, settings=eval_settings
             )
             accelerator.log({f"{name}/validation/{k}": v for k, v in metrics.items()}, step=step)
             history.append({"step": step, **{f"validation/{k}": v for k, v in metrics.items()}})
             progress.write(f"{name} step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            _save_checkpoint(accelerator, stage_dir, step, history, scheduler, cfg.keep_checkpoints)
+        if checkpointing:
+            checkpoints.save(
+                accelerator,
+                stage_dir,
+                step,
+                history=history,
+                running=running.tolist(),
+                scheduler=scheduler,
+                keep=cfg.keep_checkpoints,
+            )
     progress.close()
     return student, TrainResult(steps=cfg.steps, metrics=metrics, history=history)
 
@@ -349,25 +385,17 @@ def _batches(accelerator: Accelerator, dataloader: DataLoader, skip: int) -> Ite
         epoch, offset = epoch + 1, 0
 
 
-def _save_checkpoint(
-    accelerator: Accelerator, stage_dir: Path, step: int, history: list, scheduler: Any, keep: int
-) -> None:
-    root = stage_dir / "checkpoints"
-    final = root / f"{CHECKPOINT_PREFIX}{step}"
-    partial = root / f".partial_{CHECKPOINT_PREFIX}{step}"
-    accelerator.save_state(str(partial))
-    if accelerator.is_main_process:
-        (partial / "trainer_state.json").write_text(json.dumps({"step": step, "history": history}))
-        torch.save(scheduler.state_dict(), partial / "scheduler.pt")
-        # A checkpoint appears under its final name only once complete.
-        partial.rename(final)
-        old = sorted(
-            (p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.name[len(CHECKPOINT_PREFIX) :].isdigit()),
-            key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]),
+def _stop_if_diverged(accelerator: Accelerator, name: str, first_bad: Tensor) -> None:
+    """Raise :class:`RunFailed` if any process saw a non-finite loss or gradient (one host sync)."""
+    if accelerator.num_processes > 1:
+        first_bad = accelerator.reduce(first_bad, "max")
+    step = int(first_bad.item())
+    if step:
+        raise RunFailed(
+            f"{name}: training diverged at step {step} (non-finite loss or gradient); nothing of this stage "
+            "was saved and earlier checkpoints are kept; lower the stage's learning rate (or raise its "
+            "warm-up) and run again with output.overwrite=true"
         )
-        for path in old[:-keep]:
-            shutil.rmtree(path)
-    accelerator.wait_for_everyone()
 
 
 def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:

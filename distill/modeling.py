@@ -200,6 +200,21 @@ def freeze(model: nn.Module, dtype: str = "float32") -> nn.Module:
     return model.to(DTYPES[dtype])
 
 
+def freeze_unsaved(model: nn.Module) -> list[str]:
+    """Stop training the parameters that ``save_pretrained`` leaves out (``_keys_to_ignore_on_save``:
+    Marian's sinusoidal position tables are parameters, rebuilt from the config on load).
+
+    Trained, they would make the saved model differ from the one in memory. Returns their names.
+    """
+    unsaved = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
+    frozen = []
+    for name, p in model.named_parameters():
+        if name in unsaved and p.requires_grad:
+            p.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -1,16 +1,18 @@
 """A recipe from start to finish: check everything, fine-tune the teacher if asked, distil, report.
 
 Nothing is written before every check that can fail on the user's input has passed, so bad input
-never leaves a half-written output folder.
+never leaves a half-written output folder. The run is a list of stages (teacher training, teacher
+outputs, student, baseline, report), each ending with a completion record written last; with
+``--resume`` finished stages are read back and an unfinished one continues from its latest intact
+checkpoint, so an interrupted run finishes with the weights and report of an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import copy
-import json
+import dataclasses
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -22,13 +24,22 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from datasets import DatasetDict, concatenate_datasets
 from transformers import AutoConfig, AutoTokenizer
 
-from distill import tasks
+from distill import atomic, checks, run_folder, tasks
+from distill.artefacts import (
+    RECORD,
+    check_reload,
+    is_model_folder,
+    read_record,
+    reload,
+    save_model,
+    write_record,
+)
 from distill.cards import how_made, hub_id, model_card
-from distill.config import RecipeConfig, TrainConfig, check_against_teacher, dump_yaml, to_dict
+from distill.config import RecipeConfig, TrainConfig, check_against_teacher, to_dict
 from distill.data import load_raw
 from distill.errors import DistillError
 from distill.evaluation import Entry, evaluate_models
-from distill.loop import LossStep, latest_checkpoint, train
+from distill.loop import LossStep, TrainResult, train
 from distill.metrics import load_metric
 from distill.modeling import (
     HiddenProjection,
@@ -42,22 +53,20 @@ from distill.modeling import (
     num_layers,
 )
 from distill.report import REPORT_FILES, console_summary, write_report
+from distill.run_folder import BASELINE_DIR, PSEUDO_DIR, RUN_RECORD, STAGES_DIR, STUDENT_DIR, TEACHER_DIR
 from distill.seqkd import pseudo_targets
 from distill.teachers import new_teacher_config, pseudo_settings, stage_settings
 
 log = logging.getLogger(__name__)
 
-TEACHER_DIR = "teacher"  # the fine-tuned teacher, when the recipe fine-tunes one
-STUDENT_DIR = "student"  # the final student: save_pretrained + tokenizer
-BASELINE_DIR = "baseline"  # train.baseline: the same student trained without the teacher
-STAGES_DIR = "stages"  # per-stage checkpoints
-PSEUDO_DIR = "pseudo_targets"  # sequence-level KD: the teacher's outputs for the training sources
-FINETUNE_MARKER = "distill_finetune.json"  # written last into TEACHER_DIR: the stage is complete
+FINETUNE_MARKER = (
+    "distill_finetune.json"  # inside TEACHER_DIR, renamed into place with it: the stage is complete
+)
 
 
 @dataclass
 class Plan:
-    """Everything known once the recipe, data, labels and tokenizers have been checked."""
+    """Everything known once the recipe, data, labels, tokenizers and models have been checked."""
 
     cfg: RecipeConfig
     task: ModuleType
@@ -66,18 +75,26 @@ class Plan:
     tokenizer: Any
     teacher_config: Any
     reuse_teacher: bool  # a fine-tuned teacher from an earlier run is in the output folder
+    processes: int = 1
+    teacher: torch.nn.Module | None = None  # loaded (or built) and run once on the longest inputs
 
 
-def prepare(cfg: RecipeConfig) -> Plan:
-    """All checks of ``distill validate``: config against the teacher, data, labels, tokenizers."""
+def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
+    """All checks of ``distill validate``, in the order a run needs them: the output folder, the
+    config against the teacher, data, labels, column types, split sizes, tokenizers, and the teacher
+    and a trial student on the longest inputs the recipe allows. Writes nothing."""
     task = tasks.TASKS[cfg.task]
+    processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
+    checks.output_dir(cfg.output.dir)
     out = Path(cfg.output.dir)
     finetuned = out / TEACHER_DIR
-    reuse = cfg.teacher.stage.enabled and (finetuned / FINETUNE_MARKER).is_file()
+    marker = read_record(finetuned / FINETUNE_MARKER) if cfg.teacher.stage.enabled else None
+    reuse = marker is not None and is_model_folder(finetuned)
     if reuse:
-        recorded = json.loads((finetuned / FINETUNE_MARKER).read_text())["settings"]
+        recorded = marker.get("settings")
         current = stage_settings(cfg)
         if recorded != current:
+            recorded = recorded if isinstance(recorded, dict) else {}
             changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
             raise DistillError(
                 f"{finetuned} was trained with other settings ({', '.join(changed)} changed); "
@@ -88,7 +105,9 @@ def prepare(cfg: RecipeConfig) -> Plan:
     if source:
         teacher_config = load_pretrained(AutoConfig.from_pretrained, source, "teacher")
         tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, "teacher tokenizer")
+        checks.tokenizer_ready(tokenizer)
     raw = load_raw(cfg.data, task.columns(cfg.data))
+    checks.text_columns(raw, task.columns(cfg.data), "label_column")
     if not source:
         tokenizer, teacher_config = new_teacher_config(cfg, raw, task)
 
@@ -105,6 +124,7 @@ def prepare(cfg: RecipeConfig) -> Plan:
 
     head_trained = reuse or not cfg.teacher.stage.enabled
     splits, label_names = task.prepare_targets(raw, cfg.data, teacher_config, head_trained)
+    checks.split_sizes(cfg, splits, processes)
     if "test" not in splits:
         log.warning("no test split: the final report compares teacher and student on the validation split")
 
@@ -115,7 +135,15 @@ def prepare(cfg: RecipeConfig) -> Plan:
             AutoTokenizer.from_pretrained, cfg.student.name_or_path, "student tokenizer"
         )
         check_same_tokenizer(tokenizer, student_tok)
-    return Plan(cfg, task, splits, label_names, tokenizer, teacher_config, reuse)
+    plan = Plan(cfg, task, splits, label_names, tokenizer, teacher_config, reuse, processes)
+    # A new task head is initialised while loading a teacher that is fine-tuned here.
+    set_seed(cfg.teacher.stage.seed if cfg.teacher.stage.enabled else cfg.train.seed)
+    plan.teacher = _load_teacher(plan)
+    trial, _ = build_student(cfg.student, plan.teacher, task.MODEL_CLASS, task.model_kwargs(label_names))
+    checks.models_take_the_longest_inputs(
+        cfg, task, splits, tokenizer, {"teacher": plan.teacher, "student": trial}
+    )
+    return plan
 
 
 def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
@@ -128,39 +156,26 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         # Each stage's data order follows the seed set just before it (torch's initial seed).
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    out = Path(cfg.output.dir)
+    run_folder.check(out, cfg, resume=resume)
     with accelerator.main_process_first():
-        plan = prepare(cfg)
-    task, out = plan.task, Path(cfg.output.dir)
-    # A new task head is initialised while loading a teacher that is fine-tuned here.
-    set_seed(cfg.teacher.stage.seed if cfg.teacher.stage.enabled else cfg.train.seed)
-    teacher = _load_teacher(plan)
-    _check_output_folder(out, resume=resume, overwrite=cfg.output.overwrite)
+        plan = prepare(cfg, accelerator.num_processes)
+    task, teacher = plan.task, plan.teacher
 
     # --- from here on, the output folder is written ---
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if cfg.output.overwrite:
-            for name in (
-                STUDENT_DIR,
-                BASELINE_DIR,
-                f"{STAGES_DIR}/distill",
-                f"{STAGES_DIR}/baseline",
-                "results.json",
-                *REPORT_FILES,
-            ):
-                path = out / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        (out / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+        run_folder.open_for_run(out, cfg)
     accelerator.wait_for_everyone()
-    accelerator.init_trackers("logs", config=_flat(to_dict(cfg)))
+    accelerator.init_trackers("logs", config=run_folder.flat(to_dict(cfg)))
 
     with accelerator.main_process_first():
         tokenized = task.tokenize(plan.splits, plan.tokenizer, cfg.data)
     collate = task.collator(plan.tokenizer, teacher.config)
     eval_split = tokenized["validation"]
+    probe = collate([eval_split[i] for i in range(min(8, len(eval_split)))])  # for the reload checks
 
     if cfg.teacher.stage.enabled and not plan.reuse_teacher:
-        teacher = _finetune_teacher(accelerator, plan, teacher, tokenized, collate, resume)
+        teacher = _finetune_teacher(accelerator, plan, teacher, tokenized, collate, probe, resume)
 
     set_seed(cfg.train.seed)
     # The student is built from the fp32 teacher, before the teacher is cast to teacher.dtype.
@@ -196,12 +211,19 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         )
 
     def train_student(name: str, model: torch.nn.Module, step: LossStep, dataset: Any, folder: str):
-        """One student stage (distill, baseline) from the same seeded state; saved to OUTPUT/folder."""
-        model, stage = _train_stage(
+        """One student stage (distill, baseline) from the same seeded state, saved to OUTPUT/folder
+        and reloaded from there; a stage finished earlier is read back instead."""
+        record_path = out / STAGES_DIR / name / RECORD
+        record = read_record(record_path)
+        if record is not None and is_model_folder(out / folder):
+            accelerator.print(f"{name}: finished earlier; using {out / folder}")
+            return reload(task, out / folder, accelerator.device), TrainResult(**record["result"])
+        model, result = _train_stage(
             accelerator, plan, name, cfg.train, model, step, dataset, eval_split, collate, resume
         )
-        save_model(accelerator, model, plan.tokenizer, out / folder)
-        return model, stage
+        saved = _ship(accelerator, plan, name, model, out / folder, probe)
+        write_record(accelerator, record_path, {"result": dataclasses.asdict(result)})
+        return saved, result
 
     student, result = train_student("distill", student, loss_step, train_split, STUDENT_DIR)
 
@@ -227,6 +249,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         results["baseline_validation"] = baseline_result.metrics
         results["baseline_history"] = baseline_result.history
 
+    # --- the report: every model as reloaded from its folder ---
     split = "test" if "test" in tokenized else "validation"
     report = evaluate_models(
         accelerator,
@@ -240,7 +263,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         extra={"recipe": cfg.description},
     )
     if accelerator.is_main_process:
-        (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+        atomic.write_json(out / "results.json", results)
         write_report(report, out)
         for entry in entries[1:]:
             seen = len(train_split) if entry.role == "student" else len(references)
@@ -252,30 +275,38 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
                 base_model=hub_id(cfg.teacher.name_or_path),
                 usage=task.usage_snippet(str(out / entry.name)),
             )
-            (out / entry.name / "README.md").write_text(card, encoding="utf-8")
+            atomic.write_text(out / entry.name / "README.md", card)
         print(console_summary(report))
+    # Written last of all: the run is finished (a rerun is refused, not resumed).
+    write_record(accelerator, out / RUN_RECORD, {"finished": True, "report": list(REPORT_FILES)})
     results["report"] = report
     accelerator.end_training()
     return results
 
 
-def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any, path: Path) -> None:
-    """``save_pretrained`` model and tokenizer into ``path``, appearing there only once complete."""
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        partial = path.with_name(f".partial_{path.name}")
-        shutil.rmtree(partial, ignore_errors=True)
-        model.save_pretrained(partial, save_function=accelerator.save)
-        tokenizer.save_pretrained(partial)
-        shutil.rmtree(path, ignore_errors=True)
-        partial.rename(path)
-    accelerator.wait_for_everyone()
+def _ship(
+    accelerator: Accelerator,
+    plan: Plan,
+    name: str,
+    model: torch.nn.Module,
+    folder: Path,
+    probe: dict[str, torch.Tensor],
+    extra: dict[str, Any] | None = None,
+) -> torch.nn.Module:
+    """Save ``model`` into ``folder`` and return it reloaded from there, checked to give the same
+    outputs: later stages and the report use what the folder holds."""
+    save_model(accelerator, model, plan.tokenizer, folder, extra)
+    saved = reload(plan.task, folder, accelerator.device)
+    check_reload(name, model, saved, plan.task, probe)
+    return saved
 
 
 def _load_teacher(plan: Plan) -> torch.nn.Module:
     cfg, task = plan.cfg, plan.task
     if plan.reuse_teacher:
-        return task.MODEL_CLASS.from_pretrained(Path(cfg.output.dir) / TEACHER_DIR)
+        return load_pretrained(
+            task.MODEL_CLASS.from_pretrained, str(Path(cfg.output.dir) / TEACHER_DIR), "teacher"
+        )
     if cfg.teacher.architecture:
         return task.MODEL_CLASS.from_config(plan.teacher_config)
     if cfg.teacher.finetune.enabled:
@@ -305,6 +336,7 @@ def _finetune_teacher(
     teacher: torch.nn.Module,
     tokenized: DatasetDict,
     collate: Any,
+    probe: dict[str, torch.Tensor],
     resume: bool,
 ) -> torch.nn.Module:
     cfg = plan.cfg
@@ -338,13 +370,12 @@ def _finetune_teacher(
         resume,
         stage_dir=name.replace("-", "_"),
     )
-    save_model(accelerator, teacher, plan.tokenizer, out / TEACHER_DIR)
+    marker = {"settings": stage_settings(cfg), "validation": result.metrics}
+    saved = _ship(accelerator, plan, name, teacher, out / TEACHER_DIR, probe, {FINETUNE_MARKER: marker})
     if accelerator.is_main_process:
-        marker = {"settings": stage_settings(cfg), "validation": result.metrics}
-        (out / TEACHER_DIR / FINETUNE_MARKER).write_text(json.dumps(marker, indent=2))
-        shutil.rmtree(out / STAGES_DIR / name.replace("-", "_"), ignore_errors=True)
+        atomic.remove(out / STAGES_DIR / name.replace("-", "_"))  # its checkpoints: the teacher is saved
     accelerator.free_memory()
-    return teacher
+    return saved
 
 
 def _train_stage(
@@ -388,20 +419,6 @@ def _teacher_source(cfg: RecipeConfig) -> str:
     return cfg.teacher.name_or_path
 
 
-def _check_output_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
-    if overwrite:
-        return
-    if (out / STUDENT_DIR).exists():
-        raise DistillError(
-            f"{out} already holds a finished student; set output.overwrite=true to replace it, or choose another output.dir"
-        )
-    if latest_checkpoint(out / STAGES_DIR / "distill") is not None and not resume:
-        raise DistillError(
-            f"{out} holds checkpoints of an unfinished run; pass --resume to continue it, "
-            "or output.overwrite=true to start afresh"
-        )
-
-
 def _cpu_processes() -> bool:
     """Several processes (torchrun, accelerate launch) on a machine without GPUs: gloo on CPU.
 
@@ -431,16 +448,6 @@ def _set_labels(model: torch.nn.Module, names: list[str] | None) -> None:
         return
     model.config.id2label = dict(enumerate(names))
     model.config.label2id = {n: i for i, n in enumerate(names)}
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            flat.update(_flat(v, f"{prefix}{k}."))
-        else:
-            flat[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return flat
 
 
 def quiet_libraries() -> None:

@@ -8,9 +8,7 @@ an interrupted generation continues with the first missing chunk, and a finished
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,11 +19,13 @@ from accelerate.utils import gather_object
 from datasets import Dataset, concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
 
+from distill import atomic
 from distill.errors import DistillError
 
 log = logging.getLogger(__name__)
 
 COMPLETE = "complete.json"
+STARTED = "settings.json"  # the settings the chunks in the folder were made with
 
 
 def pseudo_targets(
@@ -45,9 +45,9 @@ def pseudo_targets(
     is an error rather than silently reused.
     """
     marker = folder / COMPLETE
-    if marker.is_file():
-        recorded = json.loads(marker.read_text())
-        if recorded["settings"] != settings or recorded["examples"] != len(train):
+    recorded = atomic.read_json(marker)
+    if isinstance(recorded, dict) and (folder / "dataset").is_dir():
+        if recorded.get("settings") != settings or recorded.get("examples") != len(train):
             raise DistillError(
                 f"{folder} holds teacher outputs made with other settings; delete it or choose another output.dir"
             )
@@ -55,8 +55,14 @@ def pseudo_targets(
 
     teacher.to(accelerator.device)
     n_chunks = (len(train) + chunk_size - 1) // chunk_size
+    started = {"settings": settings, "examples": len(train), "chunk_size": chunk_size}
     if accelerator.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
+        with atomic.disk_errors(folder):
+            if atomic.read_json(folder / STARTED) != atomic.strict(started):
+                atomic.remove(folder)  # chunks of other settings are never mixed in
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic.clean_leftovers(folder)
+        atomic.write_json(folder / STARTED, started)
     accelerator.wait_for_everyone()
     done = sum(1 for i in range(n_chunks) if (folder / _chunk_name(i)).is_dir())
     if done:
@@ -74,21 +80,20 @@ def pseudo_targets(
         rows = list(range(index * chunk_size, min((index + 1) * chunk_size, len(train))))
         outputs = _generate(accelerator, teacher, train, rows, collate, settings, batch_size)
         if accelerator.is_main_process:
-            part = folder / f".partial_{_chunk_name(index)}"
-            shutil.rmtree(part, ignore_errors=True)
             chunk = train.select(rows).remove_columns("labels").add_column("labels", outputs)
-            chunk.save_to_disk(str(part))
-            part.rename(folder / _chunk_name(index))
+            with atomic.new_folder(folder / _chunk_name(index)) as part, atomic.disk_errors(folder):
+                chunk.save_to_disk(str(part))
         accelerator.wait_for_everyone()
         progress.update(len(rows))
     progress.close()
 
     if accelerator.is_main_process:
         whole = concatenate_datasets([load_from_disk(str(folder / _chunk_name(i))) for i in range(n_chunks)])
-        whole.save_to_disk(str(folder / "dataset"))
-        marker.write_text(json.dumps({"settings": settings, "examples": len(train)}, indent=2))
+        with atomic.new_folder(folder / "dataset") as part, atomic.disk_errors(folder):
+            whole.save_to_disk(str(part))
+        atomic.write_json(marker, {"settings": settings, "examples": len(train)})
         for i in range(n_chunks):
-            shutil.rmtree(folder / _chunk_name(i))
+            atomic.remove(folder / _chunk_name(i))
     accelerator.wait_for_everyone()
     return load_from_disk(str(folder / "dataset"))
 

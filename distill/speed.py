@@ -31,7 +31,11 @@ def measure_latency(
     """
     run = run or (lambda model, batch: model(**batch))
     batches = [
-        {k: v.to(device) for k, v in collate(examples[i : i + batch_size]).items() if k != "labels"}
+        {
+            k: v.to(device)
+            for k, v in collate(examples[i : i + batch_size]).items()
+            if k != "labels" and isinstance(v, torch.Tensor)
+        }
         for i in range(0, len(examples), batch_size)
     ]
     previous_threads = torch.get_num_threads()

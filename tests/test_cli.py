@@ -139,12 +139,24 @@ def test_existing_outputs_are_not_overwritten_by_accident(tmp_path, teacher_dir,
     out = tmp_path / "out"
     recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(teacher_dir, data_csv, out))
     assert run_cli("run", recipe, "train.steps=2") == 0
+    assert (out / "complete.json").is_file()
+    for extra in ([], ["--resume"]):
+        assert run_cli("run", recipe, "train.steps=2", *extra) == 2
+        assert "holds a finished run; set output.overwrite=true" in capsys.readouterr().err
+    # An unfinished run (no completion record) is finished with --resume, never restarted by accident.
+    (out / "complete.json").unlink()
     assert run_cli("run", recipe, "train.steps=2") == 2
-    assert "already holds a finished student" in capsys.readouterr().err
-    shutil.rmtree(out / "student")
-    (out / "stages" / "distill" / "checkpoints" / "step_1").mkdir(parents=True)
+    assert "holds an unfinished run; pass --resume" in capsys.readouterr().err
+    # ... and only with the settings it was started with.
+    assert run_cli("run", recipe, "train.steps=3", "--resume") == 2
+    assert "was started with other settings (train.steps changed)" in capsys.readouterr().err
+    assert run_cli("run", recipe, "train.steps=2", "--resume", "output.overwrite=true") == 2
+    assert "choose one" in capsys.readouterr().err
+    # A folder with another run's student but no record of how it was made is not written into.
+    (out / "config.yaml").unlink()
     assert run_cli("run", recipe, "train.steps=2") == 2
-    assert "pass --resume" in capsys.readouterr().err
+    assert "holds outputs of another run (student" in capsys.readouterr().err
+    assert run_cli("run", recipe, "train.steps=2", "output.overwrite=true") == 0
 
 
 def student_weights(folder):
@@ -170,6 +182,7 @@ def test_resume_continues_exactly(tmp_path, teacher_dir, data_csv):
     # What a run stopped after step 4 leaves behind: its config and checkpoint.
     resumed = tmp_path / "resumed"
     (resumed / "stages" / "distill" / "checkpoints").mkdir(parents=True)
+    shutil.copy(straight / "config.yaml", resumed / "config.yaml")
     shutil.copytree(
         straight / "stages" / "distill" / "checkpoints" / "step_4",
         resumed / "stages" / "distill" / "checkpoints" / "step_4",

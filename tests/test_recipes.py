@@ -79,6 +79,7 @@ def test_hub_recipe_validates_against_local_stand_ins(path, tmp_path):
         teacher = save_tiny_bert(
             tmp_path / "teacher",
             num_hidden_layers=12,
+            max_position_embeddings=512,  # as bert-base: the recipe's max_length must fit
             num_labels=2,
             id2label={0: "LABEL_0", 1: "LABEL_1"},
             label2id={"LABEL_0": 0, "LABEL_1": 1},
@@ -88,11 +89,11 @@ def test_hub_recipe_validates_against_local_stand_ins(path, tmp_path):
         if data.test_split:
             files[data.test_split] = str(write_csv(tmp_path / "test.csv", rows[:50]))
     else:
-        teacher = save_tiny_marian(tmp_path / "teacher", encoder_layers=6, decoder_layers=6)
+        shape = {"max_position_embeddings": 512}  # as the hub models: the recipe's lengths must fit
+        teacher = save_tiny_marian(tmp_path / "teacher", encoder_layers=6, decoder_layers=6, **shape)
         if cfg.student.init == "pretrained":  # a smaller model with the very same tokenizer
-            overrides.append(
-                f"student.name_or_path={save_tiny_marian(tmp_path / 'student', decoder_layers=2)}"
-            )
+            student = save_tiny_marian(tmp_path / "student", decoder_layers=2, **shape)
+            overrides.append(f"student.name_or_path={student}")
         pairs = [
             {data.translation_column: {data.source_lang: r["en"], data.target_lang: r["fr"]}}
             for r in translation_rows(300)

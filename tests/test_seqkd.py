@@ -1,3 +1,5 @@
+import shutil
+
 """Sequence-level KD: the teacher's beam outputs as targets, generated once, resumable, reused."""
 
 import json
@@ -77,7 +79,11 @@ def test_pseudo_target_generation_resumes_and_is_reused(tmp_path, translation_to
             batch_size=8,
             chunk_size=8,
         )
-    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["chunk_00000", "chunk_00001"]
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
+        "chunk_00000",
+        "chunk_00001",
+        "settings.json",
+    ]
 
     calls.clear()
     monkeypatch.setattr(seqkd, "_generate", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -92,6 +98,7 @@ def test_pseudo_target_generation_resumes_and_is_reused(tmp_path, translation_to
         Accelerator(), teacher, train, collate, tmp_path / "p", settings=settings, batch_size=8, chunk_size=8
     )
     assert calls == [] and again["labels"] == reference["labels"]  # a finished set is reused
+
     with pytest.raises(DistillError, match="made with other settings"):
         seqkd.pseudo_targets(
             Accelerator(),
@@ -103,6 +110,29 @@ def test_pseudo_target_generation_resumes_and_is_reused(tmp_path, translation_to
             batch_size=8,
             chunk_size=8,
         )
+
+    # Unfinished chunks made with other settings are never mixed into a set.
+    shutil.rmtree(tmp_path / "p")
+    calls.clear()
+    monkeypatch.setattr(seqkd, "_generate", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        seqkd.pseudo_targets(
+            Accelerator(),
+            teacher,
+            train,
+            collate,
+            tmp_path / "p",
+            settings=settings,
+            batch_size=8,
+            chunk_size=8,
+        )
+    calls.clear()
+    monkeypatch.setattr(seqkd, "_generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    other = {**settings, "num_beams": 1}
+    seqkd.pseudo_targets(
+        Accelerator(), teacher, train, collate, tmp_path / "p", settings=other, batch_size=8, chunk_size=8
+    )
+    assert len(calls) == 3  # every chunk made anew, none of the two left by the other settings
 
 
 @pytest.mark.parametrize("mode", ["replace", "mix"])

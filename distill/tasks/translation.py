@@ -1,7 +1,9 @@
 """Translation with encoder-decoder models (Marian, BART, T5 families): what differs from classification.
 
 Same names as :mod:`distill.tasks.classification`. Items of the losses are target tokens; padding
-in ``labels`` is -100. Metrics are corpus BLEU and chrF (sacrebleu) on detokenized text.
+in ``labels`` is -100. Metrics are corpus BLEU and chrF (sacrebleu) of the detokenized outputs
+against the raw target text of the split (kept as ``reference`` in held-out splits): not against
+the tokenized labels, which lose unknown words and are cut at ``data.max_target_length``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from distill.errors import DistillError
 log = logging.getLogger(__name__)
 
 MODEL_CLASS = AutoModelForSeq2SeqLM
+REFERENCE = "reference"  # held-out splits: the raw target text
 PRIMARY_METRIC = "bleu"
 PIPELINE_TAG = "translation"
 
@@ -81,6 +84,7 @@ def tokenize(splits: DatasetDict, tokenizer: Any, cfg: DataConfig) -> DatasetDic
 
     Sources longer than ``data.max_length`` (or than the tokenizer's ``model_max_length``, if
     smaller) and targets longer than ``data.max_target_length`` are cut, and the counts logged.
+    Splits other than ``train`` keep the raw target text as ``reference``, what metrics compare with.
     """
     source_limit = cfg.max_length
     model_limit = getattr(tokenizer, "model_max_length", None)
@@ -103,7 +107,11 @@ def tokenize(splits: DatasetDict, tokenizer: Any, cfg: DataConfig) -> DatasetDic
 
     out = DatasetDict()
     for split, ds in splits.items():
-        tokenized = ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {split}")
+        keep = [] if split == "train" else ["target"]
+        drop = [c for c in ds.column_names if c not in keep]
+        tokenized = ds.map(encode, batched=True, remove_columns=drop, desc=f"tokenizing {split}")
+        if keep:
+            tokenized = tokenized.rename_column("target", REFERENCE)
         for side, limit in (("source", source_limit), ("target", cfg.max_target_length)):
             cut = sum(tokenized[f"{side}_truncated"])
             if cut:
@@ -128,10 +136,11 @@ class Seq2SeqCollator:
         start = getattr(model_config, "decoder_start_token_id", None)
         self.start_id = start if start is not None else self.pad_id
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         labels = [list(r["labels"]) for r in rows]
         inputs = self.tokenizer.pad(
-            [{k: v for k, v in r.items() if k != "labels"} for r in rows], return_tensors="pt"
+            [{k: v for k, v in r.items() if k not in ("labels", REFERENCE)} for r in rows],
+            return_tensors="pt",
         )
         width = max(len(x) for x in labels)
         padded = torch.full((len(rows), width), -100, dtype=torch.long)
@@ -140,15 +149,18 @@ class Seq2SeqCollator:
         decoder = torch.full_like(padded, self.pad_id)
         decoder[:, 0] = self.start_id
         decoder[:, 1:] = padded[:, :-1].masked_fill(padded[:, :-1] == -100, self.pad_id)
-        return {**inputs, "labels": padded, "decoder_input_ids": decoder}
+        batch = {**inputs, "labels": padded, "decoder_input_ids": decoder}
+        if rows and REFERENCE in rows[0]:
+            batch[REFERENCE] = [r[REFERENCE] for r in rows]  # a list of strings, not a tensor
+        return batch
 
 
 def collator(tokenizer: Any, model_config: Any = None) -> Seq2SeqCollator:
     return Seq2SeqCollator(tokenizer, model_config)
 
 
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in batch.items() if k != "labels"}
+def model_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k not in ("labels", REFERENCE)}
 
 
 def infer(model: Any, batch: dict[str, torch.Tensor], settings: Any = None) -> torch.Tensor:
@@ -186,18 +198,20 @@ def _generate_with(settings: Any, beams: int) -> Any:
     return run
 
 
-def eval_step(
-    model: Any, batch: dict[str, torch.Tensor], settings: Any = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generated and reference token ids, ``(batch, length)`` each, padding as -100."""
+def eval_step(model: Any, batch: dict[str, Any], settings: Any = None) -> tuple[torch.Tensor, Any]:
+    """Generated token ids ``(batch, length)``, padding as -100, and the references: the raw texts
+    where the split has them, else the label ids."""
     generated = infer(model, batch, settings)
     pad = getattr(model.config, "pad_token_id", None)
     if pad is not None:
         generated = generated.masked_fill(generated == pad, -100)
-    return generated, batch["labels"]
+    return generated, batch.get(REFERENCE, batch["labels"])
 
 
-def decode(tokenizer: Any, rows: list[list[int]]) -> list[str]:
+def decode(tokenizer: Any, rows: list) -> list[str]:
+    """Token id rows (padding -100) to text; rows that are text already are kept as they are."""
+    if rows and isinstance(rows[0], str):
+        return [r.strip() for r in rows]
     cleaned = [[t for t in row if t >= 0] for row in rows]
     return [t.strip() for t in tokenizer.batch_decode(cleaned, skip_special_tokens=True)]
 

@@ -1,0 +1,146 @@
+"""Checks of the user's input that need more than the recipe: the output folder, the columns, the
+split sizes, and the models themselves on the longest inputs the recipe allows.
+
+``distill validate`` and ``distill run`` both call them (through :func:`distill.run.prepare`)
+before anything is written, so whatever ``run`` would fail on is refused up front in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from datasets import Dataset, DatasetDict, Value
+from torch import nn
+
+from distill.config import RecipeConfig
+from distill.errors import DistillError
+
+
+def output_dir(path: str) -> None:
+    """``output.dir`` must be a folder or creatable as one; a probe file is made and removed."""
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise DistillError(f"output.dir: {out} is a file, not a folder")
+    existing = out
+    while not existing.exists():
+        if len(existing.name.encode()) > 255:
+            raise DistillError(f"output.dir: the name '{existing.name[:40]}...' is too long for a folder")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DistillError(f"output.dir: {existing} is a file, so {out} cannot be created in it")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".distill-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DistillError(f"output.dir: cannot write into {existing}: {e.strerror or e}") from None
+
+
+def text_columns(raw: DatasetDict, columns: dict[str, str], label_key: str | None) -> None:
+    """Every column the task reads as text holds text (not numbers, say)."""
+    for split, ds in raw.items():
+        for key, column in columns.items():
+            if key == label_key:
+                continue
+            feature = ds.features[column]
+            if isinstance(feature, Value) and feature.dtype not in ("string", "large_string"):
+                raise DistillError(
+                    f"data.{key}: column '{column}' of split '{split}' holds {feature.dtype} values, not text"
+                )
+
+
+def split_sizes(cfg: RecipeConfig, splits: DatasetDict, processes: int) -> None:
+    """Each training stage needs at least one global batch of training examples."""
+    n = len(splits["train"])
+    refs = min(n, cfg.data.reference_examples) if cfg.data.reference_examples else n
+    seen = {"": refs, "replace": n, "mix": refs + n}[cfg.loss.sequence_kd]  # what the student trains on
+    stages = [("train", cfg.train.batch_size, seen)]
+    if cfg.train.baseline:
+        stages.append(("train", cfg.train.batch_size, refs))
+    if cfg.teacher.stage.enabled:
+        which = "train" if cfg.teacher.architecture else "finetune"
+        stages.append((f"teacher.{which}", cfg.teacher.stage.batch_size, n))
+    for key, batch, examples in stages:
+        if examples < batch * processes:
+            raise DistillError(
+                f"{key}.batch_size: the training split has {examples} examples, fewer than one global batch "
+                f"({batch} x {processes} processes)"
+            )
+
+
+def tokenizer_ready(tokenizer: Any) -> None:
+    if tokenizer.pad_token_id is None:
+        raise DistillError(
+            f"the tokenizer ({type(tokenizer).__name__}) has no pad token, so batches cannot be padded; "
+            "save the teacher's tokenizer with a pad token set"
+        )
+
+
+def models_take_the_longest_inputs(
+    cfg: RecipeConfig,
+    task: ModuleType,
+    splits: DatasetDict,
+    tokenizer: Any,
+    models: dict[str, nn.Module],
+) -> None:
+    """Run each model once on a batch as long as the recipe allows, with the tokenizer's highest id.
+
+    This is what fails mid-run otherwise: ``data.max_length`` beyond the model's positions, a
+    tokenizer larger than a model's embeddings, a student whose output size differs from the
+    teacher's. The batch is built from a real training example, stretched to the limits.
+    """
+    sample = Dataset.from_dict(splits["train"][:4])  # in memory: nothing is cached to disk
+    row = dict(task.tokenize(DatasetDict(train=sample), tokenizer, cfg.data)["train"][0])
+    top = len(tokenizer) - 1
+    row["input_ids"] = _stretch(list(row["input_ids"]), cfg.data.max_length, top)
+    for key in ("attention_mask", "token_type_ids"):
+        if key in row:
+            row[key] = [row[key][0]] * len(row["input_ids"])
+    if isinstance(row.get("labels"), list):  # translation: the longest target too
+        row["labels"] = _stretch(list(row["labels"]), cfg.data.max_target_length, top)
+    batch = task.collator(tokenizer, next(iter(models.values())).config)([row])
+    inputs = task.model_inputs(batch)
+    shapes = {}
+    for role, model in models.items():
+        size = model.get_input_embeddings().num_embeddings
+        if size < len(tokenizer):
+            raise DistillError(
+                f"the {role} has {size} token embeddings, fewer than the {len(tokenizer)} tokens of the tokenizer"
+            )
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                shapes[role] = tuple(model(**inputs).logits.shape)
+        except Exception as e:
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            limit = getattr(model.config, "max_position_embeddings", None)
+            hint = f" (it has {limit} positions)" if limit else ""
+            raise DistillError(
+                f"the {role} fails on inputs of data.max_length={cfg.data.max_length} tokens{hint}: {reason}"
+            ) from None
+        finally:
+            model.train(was_training)
+    if "teacher" in shapes and "student" in shapes and shapes["teacher"] != shapes["student"]:
+        raise DistillError(
+            f"the student's outputs have shape {shapes['student']}, the teacher's {shapes['teacher']} "
+            "(another vocabulary or label count): they cannot be compared"
+        )
+
+
+def _stretch(ids: list[int], length: int, top: int) -> list[int]:
+    """``ids`` made ``length`` long (repeating its inner tokens), one of them the highest id."""
+    if len(ids) >= length:
+        ids = ids[:length]
+    else:
+        inner = ids[1:-1] or ids
+        filler = [inner[i % len(inner)] for i in range(length - len(ids))]
+        ids = ids[:-1] + filler + ids[-1:] if len(ids) > 1 else ids + filler
+    if len(ids) > 2:
+        ids[len(ids) // 2] = top
+    return ids
