@@ -1,8 +1,8 @@
-import shutil
 
 """Sequence-level KD: the teacher's beam outputs as targets, generated once, resumable, reused."""
 
 import json
+import shutil
 
 import pytest
 from accelerate import Accelerator
