@@ -24,12 +24,13 @@ from distill.errors import DistillError
 def output_dir(path: str) -> None:
     """``output.dir`` must be a folder or creatable as one; a probe file is made and removed."""
     out = Path(path).expanduser()
+    for part in out.parts:
+        if len(part.encode()) > 255:
+            raise DistillError(f"output.dir: the name '{part[:40]}...' is too long for a folder")
     if out.exists() and not out.is_dir():
         raise DistillError(f"output.dir: {out} is a file, not a folder")
     existing = out
     while not existing.exists():
-        if len(existing.name.encode()) > 255:
-            raise DistillError(f"output.dir: the name '{existing.name[:40]}...' is too long for a folder")
         existing = existing.parent
     if not existing.is_dir():
         raise DistillError(f"output.dir: {existing} is a file, so {out} cannot be created in it")

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from distill.errors import DistillError
-from distill.typed_config import build, in_range, non_negative, one_of, positive
+from distill.typed_config import build, in_range, non_negative, one_of, positive, seed
 
 TASKS = ("classification", "translation")
 SOFT_LOSSES = ("kl", "reverse_kl", "jsd")
@@ -25,6 +25,8 @@ PRECISIONS = ("no", "bf16", "fp16")
 TEACHER_DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULERS = ("linear", "cosine", "constant")
 SEQUENCE_KD = ("replace", "mix")
+MAX_TEMPERATURE = 1000.0
+MAX_THREADS = 1024
 
 
 @dataclass
@@ -51,6 +53,7 @@ class FinetuneConfig:
         in_range(f"{key}.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
         non_negative(f"{key}.weight_decay", self.weight_decay)
         non_negative(f"{key}.eval_every", self.eval_every)
+        seed(f"{key}.seed", self.seed)
 
 
 @dataclass
@@ -216,6 +219,7 @@ class DataConfig:
         non_negative(f"{key}.max_train_examples", self.max_train_examples)
         non_negative(f"{key}.reference_examples", self.reference_examples)
         non_negative(f"{key}.max_eval_examples", self.max_eval_examples)
+        seed(f"{key}.seed", self.seed)
 
 
 @dataclass
@@ -239,7 +243,8 @@ class LossConfig:
 
     def check(self, key: str) -> None:
         one_of(f"{key}.soft", self.soft, SOFT_LOSSES)
-        positive(f"{key}.temperature", self.temperature)
+        # Beyond this the softened distributions are uniform to float precision: nothing to learn.
+        in_range(f"{key}.temperature", self.temperature, 1e-3, MAX_TEMPERATURE)
         in_range(f"{key}.alpha", self.alpha, 0.0, 1.0)
         in_range(f"{key}.jsd_beta", self.jsd_beta, 0.0, 1.0)
         if self.hidden:
@@ -289,6 +294,7 @@ class TrainConfig:
         non_negative(f"{key}.checkpoint_every", self.checkpoint_every)
         positive(f"{key}.keep_checkpoints", self.keep_checkpoints)
         positive(f"{key}.log_every", self.log_every)
+        seed(f"{key}.seed", self.seed)
 
 
 @dataclass
@@ -317,7 +323,7 @@ class EvalConfig:
             positive(f"{key}.latency_batch_sizes", bs)
         positive(f"{key}.latency_examples", self.latency_examples)
         positive(f"{key}.latency_repeats", self.latency_repeats)
-        non_negative(f"{key}.latency_threads", self.latency_threads)
+        in_range(f"{key}.latency_threads", self.latency_threads, 0, MAX_THREADS)
 
 
 @dataclass

@@ -116,13 +116,33 @@ def _load(cfg: DataConfig) -> DatasetDict:
     try:
         return datasets.load_dataset(fmt, data_files=files, **kwargs)
     except Exception as e:  # parse errors surface as several pyarrow / pandas / datasets types
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        cause = _root_cause(e)
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         empty = re.search(r'Instruction "(.+)" corresponds to no data', reason)
         if empty:
             raise DistillError(
                 f"data: the {empty.group(1)} split is empty ({files[empty.group(1)]})"
             ) from None
+        if isinstance(cause, UnicodeDecodeError):
+            raise DistillError(
+                f"data.files: the {fmt} data is not {cause.encoding} text ({reason}); set data.encoding "
+                "to the files' encoding (e.g. latin-1)"
+            ) from None
         raise DistillError(f"data.files: cannot read {fmt} data: {reason[:300]}") from None
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The error a library's wrapper (``DatasetGenerationError``) was raised from: the parser's own."""
+    seen = set()
+    while id(error) not in seen and (error.__cause__ or error.__context__) is not None:
+        seen.add(id(error))
+        inner = error.__cause__ or error.__context__
+        if type(error).__name__ != "DatasetGenerationError" and not str(error).startswith(
+            "An error occurred"
+        ):
+            break
+        error = inner
+    return error
 
 
 def _drop_incomplete(ds: Dataset, columns: list[str], name: str) -> Dataset:

@@ -27,6 +27,7 @@ from distill.modeling import count_parameters, resolve_path
 from distill.speed import measure_latency
 
 SCHEMA = "distill.report/1"
+NOISY_SPREAD = 0.25  # timed passes of one model differing by more than this share of their median
 ROLES = ("teacher", "student", "baseline")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
 
@@ -122,8 +123,10 @@ def _measure_speed(
     modes = task.latency_modes(settings)
     batch_sizes = sorted(set(settings.latency_batch_sizes))
     threads = settings.latency_threads or torch.get_num_threads()
+    load_before = _load_average()
+    noisy: list[str] = []
     for row in models:
-        row["latency"], row["speedup"] = {}, {}
+        row["latency"], row["speedup"], row["speedup_range"] = {}, {}, {}
     for mode, run in modes.items():
         for bs in batch_sizes:
             n = min(len(dataset), max(settings.latency_examples, bs))
@@ -146,8 +149,17 @@ def _measure_speed(
                     "ms_per_batch": t["ms_per_example"] * min(bs, n),
                     "ms_per_example": t["ms_per_example"],
                     "examples_per_s": t["examples_per_s"],
+                    "min_ms_per_example": t["min_ms_per_example"],
+                    "max_ms_per_example": t["max_ms_per_example"],
+                    "spread": t["spread"],
                 }
                 row["speedup"].setdefault(mode, {})[key] = teacher_ms / t["ms_per_example"]
+                # The models take turns within each pass, so pass r of the teacher and of this
+                # model saw the same moment of the machine: the range of their ratios.
+                ratios = [a / b for a, b in zip(timed[teacher]["passes_s"], t["passes_s"], strict=True)]
+                row["speedup_range"].setdefault(mode, {})[key] = [min(ratios), max(ratios)]
+                if t["spread"] > NOISY_SPREAD and row["name"] not in noisy:
+                    noisy.append(row["name"])
     for row in models:
         largest = f"batch_{batch_sizes[-1]}"
         row["throughput"] = {mode: row["latency"][mode][largest]["examples_per_s"] for mode in modes}
@@ -159,6 +171,10 @@ def _measure_speed(
         "warmup_passes": 1,
         "threads": threads,
         "statistic": "median",
+        "noisy_threshold": NOISY_SPREAD,
+        "noisy": noisy,  # models whose timed passes spread more than the threshold
+        "load_average": [load_before, _load_average()],  # 1-minute load before and after timing
+        "cpu_count": os.cpu_count(),
     }
 
 
@@ -195,6 +211,13 @@ def size_on_disk_mb(model: nn.Module, source: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         return sum(p.stat().st_size for p in Path(tmp).iterdir() if p.name.endswith(WEIGHT_SUFFIXES)) / 1e6
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):  # not on every platform
+        return None
 
 
 def _ratio(value: float, reference: float) -> float | None:

@@ -10,12 +10,14 @@ import copy
 import difflib
 import importlib.util
 import os
+import pickle
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from distill.config import StudentConfig
@@ -49,6 +51,13 @@ def load_pretrained(loader: Callable[..., Any], name_or_path: str, what: str, **
     local = Path(path).exists()
     try:
         return loader(path, **kwargs)
+    except SafetensorError as e:  # a truncated or corrupt weights file
+        raise DistillError(f"cannot load {what} '{name_or_path}': a weights file is damaged ({e})") from None
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        if not local:
+            raise
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise DistillError(f"cannot load {what} '{name_or_path}': {reason}") from None
     except (OSError, ValueError, KeyError) as e:  # what transformers / huggingface_hub raise for bad ids
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not local and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False"):

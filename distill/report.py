@@ -6,10 +6,11 @@ nothing is measured here.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
+
+from distill import atomic
 
 REPORT_FILES = ("report.json", "report.md", "report.png")
 MARKERS = {"teacher": "*", "student": "o", "baseline": "X"}
@@ -17,25 +18,50 @@ COLORS = {"teacher": "#1f4e79", "student": "#2e8b57", "baseline": "#b03a2e"}
 
 
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
-    """Write report.json, report.md and report.png into ``out`` (each written whole, then renamed)."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write report.json, report.md and report.png into ``out`` as a set: all three are rendered
+    under temporary names first and then renamed into place one after the other, so a failure while
+    rendering leaves the previous report whole."""
     paths = [out / name for name in REPORT_FILES]
-    _write_text(paths[0], json.dumps(report, indent=2) + "\n")
-    _write_text(paths[1], markdown(report))
-    tmp = paths[2].with_name(".report.tmp.png")
-    plot(report, tmp)
-    os.replace(tmp, paths[2])
+    with atomic.disk_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = [p.with_name(f"{atomic.PARTIAL}{p.name}") for p in paths]
+        tmp[0].write_text(atomic.dumps(report), encoding="utf-8")
+        tmp[1].write_text(markdown(report), encoding="utf-8")
+        plot(report, tmp[2])
+        for t, p in zip(tmp, paths, strict=True):
+            os.replace(t, p)
     return paths
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _ms(cell: dict[str, Any]) -> str:
+    """Median ms per batch, and ± half the spread of the timed passes (when there were several)."""
+    text = _fmt(cell.get("ms_per_batch"), 2)
+    spread = cell.get("spread")
+    return text if not spread else f"{text} ±{50 * spread:.0f}%"
+
+
+def latency_warning(report: dict[str, Any]) -> str | None:
+    """One sentence when the timings cannot be trusted: passes that spread too widely."""
+    settings = report.get("latency_settings")
+    if not settings or not settings.get("noisy"):
+        return None
+    worst = max(
+        (cell["spread"], m["name"])
+        for m in report["models"]
+        for mode in (m.get("latency") or {}).values()
+        for cell in mode.values()
+    )
+    load = (settings.get("load_average") or [None])[0]
+    busy = f"; load average {load:.1f} on {settings['cpu_count']} cores" if load is not None else ""
+    return (
+        f"Latency is noisy: the timed passes of {', '.join(settings['noisy'])} differ by up to "
+        f"{worst[0]:.0%} of their median (more than {settings['noisy_threshold']:.0%}{busy}); the "
+        "speed-ups may be off. Measure again on a quiet machine, or with more eval.latency_repeats."
+    )
 
 
 def _main_mode(report: dict[str, Any]) -> str | None:
@@ -75,7 +101,7 @@ def table(report: dict[str, Any]) -> str:
         ]
         if settings:
             lat = m.get("latency") or {}
-            row += [_fmt(lat.get(mode, {}).get(key, {}).get("ms_per_batch"), 2) for mode, key in timing]
+            row += [_ms(lat.get(mode, {}).get(key, {})) for mode, key in timing]
             row += [f"{m['speedup'][mode][key]:.2f}x" if m.get("speedup") else "-" for mode, key in timing]
             row.append(_fmt((m.get("throughput") or {}).get(_main_mode(report)), 1))
         rows.append(row)
@@ -96,11 +122,15 @@ def notes(report: dict[str, Any]) -> list[str]:
         out.append(
             f"Latency: median of {settings['repeats']} timed passes over {settings['examples']} examples "
             f"after {settings['warmup_passes']} warm-up pass, {settings['threads']} threads, every model on the "
-            "same batches; ms per batch (ms per example at batch 1). Speed-up is the teacher's time over "
-            "the model's; throughput is examples per second at the largest batch"
+            "same batches, the models taking turns within each pass; ms per batch (ms per example at "
+            "batch 1), ± half the spread between the fastest and slowest pass. Speed-up is the teacher's "
+            "time over the model's; throughput is examples per second at the largest batch"
             + (f", {_main_mode(report)}" if len(settings["modes"]) > 1 else "")
             + "."
         )
+        warning = latency_warning(report)
+        if warning:
+            out.append(f"**Warning:** {warning}")
     else:
         out.append("Latency was not measured (eval.latency=false).")
     if any(m["role"] == "baseline" for m in report["models"]):
@@ -192,4 +222,7 @@ def console_summary(report: dict[str, Any]) -> str:
             speed = ", ".join(f"{v:.2f}x at {k.replace('_', ' ')}" for k, v in m["speedup"][mode].items())
             sentence += f", speed-up {speed} ({mode}, {report['machine']['device']})"
         lines.append(sentence)
+    warning = latency_warning(report)
+    if warning:
+        lines.append(f"warning: {warning}")
     return "\n".join(lines)

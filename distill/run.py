@@ -157,6 +157,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     out = Path(cfg.output.dir)
+    checks.output_dir(cfg.output.dir)
     run_folder.check(out, cfg, resume=resume)
     with accelerator.main_process_first():
         plan = prepare(cfg, accelerator.num_processes)
@@ -458,5 +459,5 @@ def quiet_libraries() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # read errors are raised, then said once
     datasets.disable_progress_bars()

@@ -22,7 +22,8 @@ def measure_latency(
     device: torch.device | str = "cpu",
     run: Callable[[nn.Module, dict[str, torch.Tensor]], Any] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Milliseconds per example for each model, the median over ``repeats`` passes over ``examples``.
+    """Milliseconds per example for each model, the median over ``repeats`` passes over ``examples``,
+    with the fastest and slowest pass and their spread.
 
     Every model sees the same batches (padded per batch, as in serving). One untimed warm-up pass
     per model comes first, and the models take turns within each repeat so that a slow moment of
@@ -57,6 +58,11 @@ def measure_latency(
         name: {
             "ms_per_example": 1000 * statistics.median(t) / n,
             "examples_per_s": n / statistics.median(t),
+            "min_ms_per_example": 1000 * min(t) / n,
+            "max_ms_per_example": 1000 * max(t) / n,
+            # (slowest - fastest) / median of the timed passes: 0.3 means they differ by 30%.
+            "spread": (max(t) - min(t)) / statistics.median(t),
+            "passes_s": list(t),
             "batch_size": batch_size,
             "threads": threads or previous_threads,
         }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Union
@@ -61,14 +62,19 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return int(value)
         raise DistillError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise DistillError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise DistillError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise DistillError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -96,6 +102,14 @@ def positive(key: str, value: float) -> None:
 def non_negative(key: str, value: float) -> None:
     if value < 0:
         raise DistillError(f"{key}: must be >= 0, got {value}")
+
+
+SEED_MAX = 2**32 - 1  # numpy's seeds, which set_seed also sets
+
+
+def seed(key: str, value: int) -> None:
+    if not 0 <= value <= SEED_MAX:
+        raise DistillError(f"{key}: a seed is a whole number from 0 to {SEED_MAX}, got {value}")
 
 
 def in_range(key: str, value: float, low: float, high: float) -> None:

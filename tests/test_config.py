@@ -59,8 +59,16 @@ def test_unknown_key_names_it_and_suggests(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("loss.temperature=0", r"loss.temperature: must be > 0"),
-        ("loss.temperature=-1", r"loss.temperature: must be > 0"),
+        ("loss.temperature=0", r"loss.temperature: must be in \[0.001, 1000\]"),
+        ("loss.temperature=-1", r"loss.temperature: must be in \[0.001, 1000\]"),
+        ("loss.temperature=.inf", r"loss.temperature: expected a finite number, got inf"),
+        ("loss.temperature=5000", r"loss.temperature: must be in \[0.001, 1000\]"),
+        ("loss.alpha=.nan", r"loss.alpha: expected a finite number"),
+        ("train.learning_rate=-.inf", r"train.learning_rate: expected a finite number"),
+        ("train.seed=-1", r"train.seed: a seed is a whole number from 0 to 4294967295"),
+        ("data.seed=4294967296", r"data.seed: a seed is a whole number"),
+        ("teacher.finetune.seed=-3", r"teacher.finetune.seed: a seed is a whole number"),
+        ("eval.latency_threads=5000", r"eval.latency_threads: must be in \[0, 1024\]"),
         ("loss.alpha=1.5", r"loss.alpha: must be in \[0, 1\]"),
         ("loss.alpha=-0.1", r"loss.alpha: must be in \[0, 1\]"),
         ("train.steps=ten", r"train.steps: expected an integer, got 'ten'"),

@@ -1,4 +1,3 @@
-
 """Sequence-level KD: the teacher's beam outputs as targets, generated once, resumable, reused."""
 
 import json
