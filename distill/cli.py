@@ -12,8 +12,6 @@ import signal
 import sys
 from pathlib import Path
 
-import yaml
-
 from distill.errors import DistillError
 
 RECIPE_DIRS = (Path.cwd() / "recipes", Path(__file__).resolve().parent.parent / "recipes")
@@ -48,7 +46,11 @@ class Stop(BaseException):
         self.signum = signum
 
 
+_stopping: list[int] = []  # the signal that asked to stop, once one has
+
+
 def _on_signal(signum: int, frame: object) -> None:
+    _stopping.append(signum)
     raise Stop(signum)
 
 
@@ -107,6 +109,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
+    import yaml
+
     files = _recipe_files()
     if not files:
         print("no recipes found in ./recipes")
@@ -160,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _stopping.clear()
     catch_signals()
     try:
         return _main(argv)
@@ -170,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         signum = e.signum if isinstance(e, Stop) else signal.SIGINT
         _say_stopped(signum, argv if argv is not None else sys.argv[1:])
         return 128 + signum
+    except Exception:
+        # Under torchrun a stopped process's peers see their collectives fail: a consequence of
+        # the signal, not a second error.
+        if not _stopping:
+            raise
+        _say_stopped(_stopping[0], argv if argv is not None else sys.argv[1:])
+        return 128 + _stopping[0]
 
 
 def _main(argv: list[str] | None) -> int:

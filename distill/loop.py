@@ -243,6 +243,9 @@ def train(
             "they keep their initial values so that the saved model is the trained one)"
         )
     modules = [student] + ([loss_step.projection] if loss_step.projection is not None else [])
+    # A stage's checkpoints hold its own model and optimizer only: save_state writes, and
+    # load_state reads back, whatever the accelerator has prepared, earlier stages' included.
+    accelerator.free_memory()
     optimizer = torch.optim.AdamW(_param_groups(modules, cfg.weight_decay), lr=cfg.learning_rate)
     # The scheduler is stepped by hand once per optimizer step (a prepared one steps once per
     # process); its state is saved beside each checkpoint.
@@ -289,58 +292,64 @@ def train(
     # there only the loss tells divergence.
     check_gradient = cfg.mixed_precision != "fp16"
     first_bad = torch.zeros((), dtype=torch.long, device=accelerator.device)  # 0: all finite so far
-    for step in range(start_step + 1, cfg.steps + 1):
-        micro = [next(batches) for _ in range(accum)]
-        totals = backward_step(accelerator, student, loss_step, micro)
-        running += torch.stack([totals[k] for k in LOGGED_TERMS])
-        # The gradient norm (clipping at infinity changes nothing) is computed anyway to see
-        # non-finite gradients; no host sync here, the flag is read at the next check.
-        norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-        finite = torch.isfinite(totals["loss"])
-        if check_gradient and norm is not None:
-            finite = finite & torch.isfinite(torch.as_tensor(norm, device=finite.device))
-        first_bad = torch.where((first_bad == 0) & ~finite, step, first_bad)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        progress.update(1)
+    try:
+        for step in range(start_step + 1, cfg.steps + 1):
+            micro = [next(batches) for _ in range(accum)]
+            totals = backward_step(accelerator, student, loss_step, micro)
+            running += torch.stack([totals[k] for k in LOGGED_TERMS])
+            # The gradient norm (clipping at infinity changes nothing) is computed anyway to see
+            # non-finite gradients; no host sync here, the flag is read at the next check.
+            norm = accelerator.clip_grad_norm_(
+                params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+            )
+            finite = torch.isfinite(totals["loss"])
+            if check_gradient and norm is not None:
+                finite = finite & torch.isfinite(torch.as_tensor(norm, device=finite.device))
+            first_bad = torch.where((first_bad == 0) & ~finite, step, first_bad)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.update(1)
 
-        evaluating = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
-        checkpointing = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps
-        logging_now = step % cfg.log_every == 0 or step == cfg.steps
-        if logging_now or evaluating or checkpointing:
-            _stop_if_diverged(accelerator, name, first_bad)
-        if logging_now:
-            summed = (
-                accelerator.reduce(running, "sum") if accelerator.num_processes > 1 else running
-            ).tolist()
-            items = max(summed[-1], 1.0)
-            entry = {"step": step, "lr": scheduler.get_last_lr()[0]}
-            entry.update(
-                {f"train/{k}": v / items for k, v in zip(LOGGED_TERMS[:-1], summed[:-1], strict=True)}
-            )
-            accelerator.log({f"{name}/{k}": v for k, v in entry.items() if k != "step"}, step=step)
-            history.append(entry)
-            progress.set_postfix(loss=f"{entry['train/loss']:.4f}")
-            running.zero_()
-        if evaluating:
-            metrics = evaluate(
-                accelerator, student, eval_dl, task, tokenizer=tokenizer, settings=eval_settings
-            )
-            accelerator.log({f"{name}/validation/{k}": v for k, v in metrics.items()}, step=step)
-            history.append({"step": step, **{f"validation/{k}": v for k, v in metrics.items()}})
-            progress.write(f"{name} step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        if checkpointing:
-            checkpoints.save(
-                accelerator,
-                stage_dir,
-                step,
-                history=history,
-                running=running.tolist(),
-                scheduler=scheduler,
-                keep=cfg.keep_checkpoints,
-            )
-    progress.close()
+            evaluating = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+            checkpointing = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps
+            logging_now = step % cfg.log_every == 0 or step == cfg.steps
+            if logging_now or evaluating or checkpointing:
+                _stop_if_diverged(accelerator, name, first_bad)
+            if logging_now:
+                summed = (
+                    accelerator.reduce(running, "sum") if accelerator.num_processes > 1 else running
+                ).tolist()
+                items = max(summed[-1], 1.0)
+                entry = {"step": step, "lr": scheduler.get_last_lr()[0]}
+                entry.update(
+                    {f"train/{k}": v / items for k, v in zip(LOGGED_TERMS[:-1], summed[:-1], strict=True)}
+                )
+                accelerator.log({f"{name}/{k}": v for k, v in entry.items() if k != "step"}, step=step)
+                history.append(entry)
+                progress.set_postfix(loss=f"{entry['train/loss']:.4f}")
+                running.zero_()
+            if evaluating:
+                metrics = evaluate(
+                    accelerator, student, eval_dl, task, tokenizer=tokenizer, settings=eval_settings
+                )
+                accelerator.log({f"{name}/validation/{k}": v for k, v in metrics.items()}, step=step)
+                history.append({"step": step, **{f"validation/{k}": v for k, v in metrics.items()}})
+                progress.write(
+                    f"{name} step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                )
+            if checkpointing:
+                checkpoints.save(
+                    accelerator,
+                    stage_dir,
+                    step,
+                    history=history,
+                    running=running.tolist(),
+                    scheduler=scheduler,
+                    keep=cfg.keep_checkpoints,
+                )
+    finally:
+        progress.close()  # before any message about why the loop stopped
     return student, TrainResult(steps=cfg.steps, metrics=metrics, history=history)
 
 

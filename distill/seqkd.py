@@ -74,18 +74,20 @@ def pseudo_targets(
         disable=not accelerator.is_local_main_process,
         dynamic_ncols=True,
     )
-    for index in range(n_chunks):
-        if (folder / _chunk_name(index)).is_dir():
-            continue
-        rows = list(range(index * chunk_size, min((index + 1) * chunk_size, len(train))))
-        outputs = _generate(accelerator, teacher, train, rows, collate, settings, batch_size)
-        if accelerator.is_main_process:
-            chunk = train.select(rows).remove_columns("labels").add_column("labels", outputs)
-            with atomic.new_folder(folder / _chunk_name(index)) as part, atomic.disk_errors(folder):
-                chunk.save_to_disk(str(part))
-        accelerator.wait_for_everyone()
-        progress.update(len(rows))
-    progress.close()
+    try:
+        for index in range(n_chunks):
+            if (folder / _chunk_name(index)).is_dir():
+                continue
+            rows = list(range(index * chunk_size, min((index + 1) * chunk_size, len(train))))
+            outputs = _generate(accelerator, teacher, train, rows, collate, settings, batch_size)
+            if accelerator.is_main_process:
+                chunk = train.select(rows).remove_columns("labels").add_column("labels", outputs)
+                with atomic.new_folder(folder / _chunk_name(index)) as part, atomic.disk_errors(folder):
+                    chunk.save_to_disk(str(part))
+            accelerator.wait_for_everyone()
+            progress.update(len(rows))
+    finally:
+        progress.close()
 
     if accelerator.is_main_process:
         whole = concatenate_datasets([load_from_disk(str(folder / _chunk_name(i))) for i in range(n_chunks)])
