@@ -332,5 +332,8 @@ def test_a_diverged_run_is_stopped_and_saves_nothing(setup):
     assert (out / "teacher" / "distill_finetune.json").is_file()
     kept = sorted(int(p.name[5:]) for p in (out / "stages" / "distill" / "checkpoints").glob("step_*"))
     assert kept and max(kept) < step
+    def strict(constant, path):
+        pytest.fail(f"{path} holds {constant}, which is not JSON")
+
     for path in out.rglob("*.json"):
-        json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path} holds {c}"))
+        json.loads(path.read_text(), parse_constant=lambda c, p=path: strict(c, p))
