@@ -86,3 +86,81 @@ def test_two_gloo_processes_match_one_process(tmp_path, data_csv):
 
 def _history(out: Path) -> list[dict]:
     return [h for h in json.loads((out / "results.json").read_text())["history"] if "train/loss" in h]
+
+
+def torchrun(recipe: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "distill.cli",
+        "run",
+        str(recipe),
+        f"output.dir={out}",
+        *extra,
+    ]
+
+
+def test_two_processes_checkpoint_every_step_and_resume_after_sigterm(tmp_path, data_csv):
+    """Every checkpoint of two processes is sealed only once both wrote into it; SIGTERM to torchrun
+    stops both ranks with one line, and --resume ends with the uninterrupted run's weights."""
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    from distill.checkpoints import listed, problem
+
+    teacher = save_tiny_bert(tmp_path / "teacher")  # dropout on: each rank's RNG state matters
+    raw = recipe_dict(
+        teacher,
+        data_csv,
+        tmp_path / "unused",
+        train={"steps": 8, "batch_size": 4, "checkpoint_every": 1, "keep_checkpoints": 10, "log_every": 3},
+        eval={"batch_size": 8, "latency": False},
+    )
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    launch(torchrun(recipe, straight), tmp_path)
+    kept = listed(straight / "stages" / "distill")
+    assert [c.name for c in kept] == [f"step_{i}" for i in range(1, 8)]
+    for checkpoint in kept:
+        assert problem(checkpoint, 2) is None, checkpoint
+        names = set(json.loads((checkpoint / "manifest.json").read_text())["files"])
+        assert {"random_states_0.pkl", "random_states_1.pkl", "running_0.json", "running_1.json"} <= names
+    assert not list(straight.rglob(".partial_*"))
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+    }
+    proc = subprocess.Popen(
+        torchrun(recipe, stopped), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    trigger = stopped / "stages" / "distill" / "checkpoints" / "step_3"
+    deadline = time.monotonic() + 300
+    while not trigger.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert stderr.count("distill: stopped by SIGTERM; `distill run") == 1, stderr[-3000:]  # rank 0 only
+    assert not (stopped / "student").exists()
+    launch(torchrun(recipe, stopped, "--resume"), tmp_path)
+    a, b = (load_file(d / "student" / "model.safetensors") for d in (straight, stopped))
+    assert all(torch_equal(a[k], b[k]) for k in a)
+    history = [json.loads((d / "results.json").read_text())["history"] for d in (straight, stopped)]
+    assert history[0] == history[1]
+
+
+def torch_equal(x, y) -> bool:
+    import torch
+
+    return torch.equal(x, y)

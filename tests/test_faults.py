@@ -118,7 +118,9 @@ class Trial:
 
 TRIALS = [
     Trial("", 0.4),
+    Trial("", 0.5, signal.SIGINT),  # Ctrl-C while the libraries load
     Trial("", 2.5),
+    Trial("config.yaml", 0.0, signal.SIGTERM),
     Trial("stages/teacher_finetune/checkpoints/step_1", 0.0),
     Trial("stages/teacher_finetune/checkpoints/step_3", 0.05),
     Trial("teacher/distill_finetune.json", 0.0),
@@ -332,6 +334,7 @@ def test_a_diverged_run_is_stopped_and_saves_nothing(setup):
     assert (out / "teacher" / "distill_finetune.json").is_file()
     kept = sorted(int(p.name[5:]) for p in (out / "stages" / "distill" / "checkpoints").glob("step_*"))
     assert kept and max(kept) < step
+
     def strict(constant, path):
         pytest.fail(f"{path} holds {constant}, which is not JSON")
 

@@ -248,3 +248,86 @@ def test_model_names_in_a_comparison():
     assert names_for("student", ["runs/a"]) == ["student"]
     assert names_for("student", ["runs/s1", "runs/s2/student", "other/s1/"]) == ["s1", "s2", "s1-2"]
     assert names_for("baseline", ["runs/s1/baseline", "runs/s2"]) == ["s1-baseline", "s2-baseline"]
+
+
+def test_latency_carries_its_spread_and_flags_noisy_timings():
+    """A model whose passes vary widely (as on a busy machine) is flagged in report.md and on the console."""
+    import time
+
+    from torch import nn
+
+    from distill.speed import measure_latency
+
+    class Steady(nn.Module):
+        def forward(self, x):
+            time.sleep(0.002)
+            return x
+
+    class Jumpy(nn.Module):
+        calls = 0
+
+        def forward(self, x):
+            Jumpy.calls += 1
+            time.sleep(0.002 if Jumpy.calls % 2 else 0.012)
+            return x
+
+    examples = [{"x": torch.zeros(1)} for _ in range(2)]
+    collate = lambda rows: {"x": torch.stack([r["x"] for r in rows])}  # noqa: E731
+    timed = measure_latency(
+        {"steady": Steady(), "jumpy": Jumpy()}, examples, collate, batch_size=2, repeats=4
+    )
+    assert timed["steady"]["spread"] < 0.25 < timed["jumpy"]["spread"]
+    assert (
+        timed["jumpy"]["min_ms_per_example"]
+        < timed["jumpy"]["ms_per_example"]
+        < timed["jumpy"]["max_ms_per_example"]
+    )
+    assert len(timed["jumpy"]["passes_s"]) == 4
+
+
+def test_noisy_latency_is_said_in_the_report(tmp_path, teacher_dir, data_csv):
+    from distill.report import console_summary, latency_warning, markdown
+
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(teacher_dir, data_csv, out))
+    assert main(["run", str(recipe), "train.steps=2", "eval.latency_repeats=3"]) == 0
+    report = read_report(out)
+    settings = report["latency_settings"]
+    assert settings["noisy_threshold"] == 0.25 and len(settings["load_average"]) == 2
+    for m in report["models"]:
+        cell = m["latency"]["forward"]["batch_1"]
+        assert cell["min_ms_per_example"] <= cell["ms_per_example"] <= cell["max_ms_per_example"]
+        low, high = m["speedup_range"]["forward"]["batch_1"]
+        assert low <= high
+    # The same report with one model's passes spread wide: flagged in report.md and the console.
+    report["models"][1]["latency"]["forward"]["batch_1"]["spread"] = 0.6
+    settings["noisy"] = [report["models"][1]["name"]]
+    warning = latency_warning(report)
+    assert warning.startswith("Latency is noisy: the timed passes of student differ by up to 60%")
+    assert f"**Warning:** {warning}" in markdown(report)
+    assert console_summary(report).splitlines()[-1] == f"warning: {warning}"
+    settings["noisy"] = []
+    assert latency_warning(report) is None and "Warning" not in markdown(report)
+
+
+def test_the_report_is_replaced_as_a_set(tmp_path, monkeypatch):
+    """A failure while rendering leaves the previous report.json, .md and .png all in place."""
+    from distill import report as report_module
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in report_module.REPORT_FILES:
+        (out / name).write_text(f"old {name}")
+
+    def broken(report, path):
+        raise RuntimeError("rendering failed")
+
+    monkeypatch.setattr(report_module, "markdown", lambda report: "new md")
+    monkeypatch.setattr(report_module, "plot", broken)
+    with pytest.raises(RuntimeError, match="rendering failed"):
+        report_module.write_report({"schema": "x"}, out)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
+        report_module.REPORT_FILES
+    )
+    for name in report_module.REPORT_FILES:
+        assert (out / name).read_text() == f"old {name}"
