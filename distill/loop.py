@@ -297,18 +297,17 @@ def train(
             micro = [next(batches) for _ in range(accum)]
             totals = backward_step(accelerator, student, loss_step, micro)
             running += torch.stack([totals[k] for k in LOGGED_TERMS])
-            # The gradient norm (clipping at infinity changes nothing) is computed anyway to see
-            # non-finite gradients; no host sync here, the flag is read at the next check.
-            norm = accelerator.clip_grad_norm_(
-                params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+            first_bad = optimizer_step(
+                accelerator,
+                optimizer,
+                params,
+                max_grad_norm=cfg.max_grad_norm,
+                loss=totals["loss"],
+                first_bad=first_bad,
+                step=step,
+                check_gradient=check_gradient,
             )
-            finite = torch.isfinite(totals["loss"])
-            if check_gradient and norm is not None:
-                finite = finite & torch.isfinite(torch.as_tensor(norm, device=finite.device))
-            first_bad = torch.where((first_bad == 0) & ~finite, step, first_bad)
-            optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             progress.update(1)
 
             evaluating = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
@@ -392,6 +391,33 @@ def _batches(accelerator: Accelerator, dataloader: DataLoader, skip: int) -> Ite
         loader = accelerator.skip_first_batches(dataloader, offset) if offset else dataloader
         yield from loader
         epoch, offset = epoch + 1, 0
+
+
+def optimizer_step(
+    accelerator: Accelerator,
+    optimizer: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    *,
+    max_grad_norm: float,
+    loss: Tensor,
+    first_bad: Tensor,
+    step: int,
+    check_gradient: bool = True,
+) -> Tensor:
+    """Clip the gradient (``max_grad_norm`` > 0), step and clear it; returns ``first_bad``, the first
+    step whose loss or gradient was not finite (0: none), updated on the device without a host sync.
+
+    The norm is computed even without clipping (clipping at infinity changes nothing): it is what
+    shows a non-finite gradient.
+    """
+    norm = accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf)
+    finite = torch.isfinite(loss)
+    if check_gradient and norm is not None:
+        finite = finite & torch.isfinite(torch.as_tensor(norm, device=finite.device))
+    first_bad = torch.where((first_bad == 0) & ~finite, step, first_bad)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return first_bad
 
 
 def _stop_if_diverged(accelerator: Accelerator, name: str, first_bad: Tensor) -> None:
