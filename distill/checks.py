@@ -7,6 +7,7 @@ before anything is written, so whatever ``run`` would fail on is refused up fron
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -96,14 +97,23 @@ def models_take_the_longest_inputs(
     teacher's. The batch is built from a real training example, stretched to the limits.
     """
     sample = Dataset.from_dict(splits["train"][:4])  # in memory: nothing is cached to disk
-    row = dict(task.tokenize(DatasetDict(train=sample), tokenizer, cfg.data)["train"][0])
+    logger = logging.getLogger(task.__name__)
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its truncation warnings come again when the run tokenizes
+    try:
+        row = dict(task.tokenize(DatasetDict(train=sample), tokenizer, cfg.data)["train"][0])
+    finally:
+        logger.setLevel(level)
     top = len(tokenizer) - 1
-    row["input_ids"] = _stretch(list(row["input_ids"]), cfg.data.max_length, top)
+    length = task.max_input_length(tokenizer, cfg.data)
+    row["input_ids"] = _stretch(list(row["input_ids"]), length, top)
     for key in ("attention_mask", "token_type_ids"):
         if key in row:
             row[key] = [row[key][0]] * len(row["input_ids"])
+    targets = ""
     if isinstance(row.get("labels"), list):  # translation: the longest target too
         row["labels"] = _stretch(list(row["labels"]), cfg.data.max_target_length, top)
+        targets = f" with targets of data.max_target_length={cfg.data.max_target_length}"
     batch = task.collator(tokenizer, next(iter(models.values())).config)([row])
     inputs = task.model_inputs(batch)
     shapes = {}
@@ -123,7 +133,7 @@ def models_take_the_longest_inputs(
             limit = getattr(model.config, "max_position_embeddings", None)
             hint = f" (it has {limit} positions)" if limit else ""
             raise DistillError(
-                f"the {role} fails on inputs of data.max_length={cfg.data.max_length} tokens{hint}: {reason}"
+                f"the {role} fails on inputs of data.max_length={length} tokens{targets}{hint}: {reason}"
             ) from None
         finally:
             model.train(was_training)

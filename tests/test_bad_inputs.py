@@ -251,3 +251,19 @@ def test_a_teacher_with_trained_head_but_small_positions_is_fine_within_them(tmp
     assert main(["validate", str(recipe), "data.max_length=21"]) == 2
     assert "data.max_length=21 tokens (it has 20 positions)" in capsys.readouterr().err
     torch.manual_seed(0)
+
+
+def test_translation_lengths_are_checked_against_the_model(tmp_path, pairs_csv, capsys):
+    """Sources are cut at the tokenizer's model_max_length anyway; targets are not, so a
+    max_target_length beyond the decoder's positions is refused up front."""
+    from conftest import save_tiny_marian, translation_recipe
+
+    teacher = save_tiny_marian(tmp_path / "t", max_position_embeddings=32)  # tokenizer: 64
+    recipe = write_recipe(tmp_path / "r.yaml", translation_recipe(teacher, pairs_csv, tmp_path / "out"))
+    assert main(["validate", str(recipe), "data.max_length=128", "data.max_target_length=32"]) == 2
+    err = capsys.readouterr().err
+    assert "fails on inputs of data.max_length=64 tokens with targets of data.max_target_length=32" in err
+    assert main(["validate", str(recipe), "data.max_length=32", "data.max_target_length=32"]) == 0
+    assert main(["validate", str(recipe), "data.max_length=32", "data.max_target_length=33"]) == 2
+    assert "data.max_target_length=33 (it has 32 positions)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -2,7 +2,7 @@
 
 Every task module offers the same names: ``MODEL_CLASS``, ``PRIMARY_METRIC``, ``PIPELINE_TAG``,
 ``usage_snippet``, ``columns``,
-``prepare_targets``, ``model_kwargs``, ``tokenize``, ``collator``, ``model_inputs``, ``infer``,
+``prepare_targets``, ``model_kwargs``, ``max_input_length``, ``tokenize``, ``collator``, ``model_inputs``, ``infer``,
 ``latency_modes``, ``eval_step``, ``compute_metrics`` and ``metric_inputs``.
 """
 
@@ -150,6 +150,11 @@ def model_kwargs(names: list[str] | None) -> dict[str, Any]:
         "id2label": dict(enumerate(names)),
         "label2id": {n: i for i, n in enumerate(names)},
     }
+
+
+def max_input_length(tokenizer: Any, cfg: DataConfig) -> int:
+    """The longest input after tokenization: texts are truncated to ``data.max_length``."""
+    return cfg.max_length
 
 
 def tokenize(splits: DatasetDict, tokenizer: Any, cfg: DataConfig) -> DatasetDict:

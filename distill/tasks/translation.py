@@ -79,6 +79,15 @@ def model_kwargs(names: list[str] | None) -> dict[str, Any]:
     return {}
 
 
+def max_input_length(tokenizer: Any, cfg: DataConfig) -> int:
+    """The longest source after tokenization: ``data.max_length``, or the tokenizer's
+    ``model_max_length`` if smaller."""
+    model_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_limit, int) and 0 < model_limit < cfg.max_length:
+        return model_limit
+    return cfg.max_length
+
+
 def tokenize(splits: DatasetDict, tokenizer: Any, cfg: DataConfig) -> DatasetDict:
     """Sources (with ``source_prefix``) and targets to token ids, truncated with a warning.
 
@@ -86,11 +95,11 @@ def tokenize(splits: DatasetDict, tokenizer: Any, cfg: DataConfig) -> DatasetDic
     smaller) and targets longer than ``data.max_target_length`` are cut, and the counts logged.
     Splits other than ``train`` keep the raw target text as ``reference``, what metrics compare with.
     """
-    source_limit = cfg.max_length
-    model_limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(model_limit, int) and 0 < model_limit < source_limit:
-        log.warning("data.max_length %d is more than the model allows; using %d", source_limit, model_limit)
-        source_limit = model_limit
+    source_limit = max_input_length(tokenizer, cfg)
+    if source_limit < cfg.max_length:
+        log.warning(
+            "data.max_length %d is more than the model allows; using %d", cfg.max_length, source_limit
+        )
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         sources = [cfg.source_prefix + s for s in batch["source"]]
