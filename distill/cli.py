@@ -175,7 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         signum = e.signum if isinstance(e, Stop) else signal.SIGINT
         _say_stopped(signum, argv if argv is not None else sys.argv[1:])
         return 128 + signum
-    except Exception:
+    except Exception as e:
+        from distill.atomic import disk_problem
+
+        cause = disk_problem(e)
+        if cause is not None and not _stopping:  # a write the library did not expect to fail
+            print(f"distill: error: cannot write: {cause} ({type(e).__name__})", file=sys.stderr)
+            return 2
         # Under torchrun a stopped process's peers see their collectives fail: a consequence of
         # the signal, not a second error.
         if not _stopping:
