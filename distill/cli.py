@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cause = disk_problem(e)
         if cause is not None and not _stopping:  # a write the library did not expect to fail
-            print(f"distill: error: cannot write: {cause} ({type(e).__name__})", file=sys.stderr)
+            where = getattr(e, "filename", None)
+            print(f"distill: error: {cause}" + (f": {where}" if where else ""), file=sys.stderr)
             return 2
         # Under torchrun a stopped process's peers see their collectives fail: a consequence of
         # the signal, not a second error.
