@@ -39,7 +39,8 @@ from distill.config import RecipeConfig, TrainConfig, check_against_teacher, to_
 from distill.data import load_raw
 from distill.errors import DistillError
 from distill.evaluation import Entry, evaluate_models
-from distill.loop import LossStep, TrainResult, train
+from distill.loop import TrainResult, train
+from distill.loss_step import LossStep
 from distill.metrics import load_metric
 from distill.modeling import (
     HiddenProjection,
