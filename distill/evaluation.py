@@ -27,7 +27,7 @@ from distill.modeling import count_parameters, resolve_path
 from distill.speed import measure_latency
 
 SCHEMA = "distill.report/1"
-NOISY_SPREAD = 0.25  # timed passes of one model differing by more than this share of their median
+NOISY_SPREAD = 0.3  # timed passes of one model differing by more than this share of their median
 ROLES = ("teacher", "student", "baseline")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
 

@@ -276,7 +276,7 @@ def test_latency_carries_its_spread_and_flags_noisy_timings():
     timed = measure_latency(
         {"steady": Steady(), "jumpy": Jumpy()}, examples, collate, batch_size=2, repeats=4
     )
-    assert timed["steady"]["spread"] < 0.25 < timed["jumpy"]["spread"]
+    assert timed["steady"]["spread"] < 0.3 < timed["jumpy"]["spread"]
     assert (
         timed["jumpy"]["min_ms_per_example"]
         < timed["jumpy"]["ms_per_example"]
@@ -293,7 +293,7 @@ def test_noisy_latency_is_said_in_the_report(tmp_path, teacher_dir, data_csv):
     assert main(["run", str(recipe), "train.steps=2", "eval.latency_repeats=3"]) == 0
     report = read_report(out)
     settings = report["latency_settings"]
-    assert settings["noisy_threshold"] == 0.25 and len(settings["load_average"]) == 2
+    assert settings["noisy_threshold"] == 0.3 and len(settings["load_average"]) == 2
     for m in report["models"]:
         cell = m["latency"]["forward"]["batch_1"]
         assert cell["min_ms_per_example"] <= cell["ms_per_example"] <= cell["max_ms_per_example"]
