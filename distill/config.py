@@ -275,7 +275,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16 (fp16 needs a GPU)
     seed: int = 42  # seed of initialisation, shuffling and dropout
     eval_every: int = 0  # evaluate on the validation split every N steps (0: only at the end)
-    checkpoint_every: int = 0  # save a resumable checkpoint every N steps (0: none)
+    checkpoint_every: int = 0  # save a verified, resumable checkpoint every N steps (0: none)
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
     log_every: int = 10  # log losses to TensorBoard every N steps
     baseline: bool = False  # also train the same student without the teacher (hard labels only)
@@ -331,7 +331,7 @@ class OutputConfig:
     """Where everything is written."""
 
     dir: str = ""  # output folder: config.yaml, teacher/, student/, checkpoints, logs, results.json
-    overwrite: bool = False  # start the distillation stage afresh, replacing a finished student
+    overwrite: bool = False  # replace the run in dir (a fine-tuned teacher, teacher outputs stay)
 
     def check(self, key: str) -> None:
         if not self.dir:
