@@ -188,18 +188,33 @@ def build_student(
         layers = spec.layers if spec.layers is not None else evenly_spaced(n_teacher, spec.num_layers)
         return copy_layers(teacher, layers), layers
     if spec.init == "from_config":
-        base = teacher.config.to_dict()
-        unknown = [k for k in spec.config_overrides if k not in base]
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], list(base), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise DistillError(
-                f"student.config_overrides.{unknown[0]}: not a field of the teacher's {teacher.config.model_type} config{hint}"
-            )
-        config = type(teacher.config).from_dict({**base, **spec.config_overrides, **label_kwargs})
+        config = student_config(teacher.config, spec.config_overrides, label_kwargs)
         return model_class.from_config(config), None
     student = load_pretrained(model_class.from_pretrained, spec.name_or_path, "student", **label_kwargs)
     return student, None
+
+
+def student_config(
+    teacher_config: Any, overrides: dict[str, Any], extra: dict[str, Any] | None = None
+) -> Any:
+    """The teacher's config with ``student.config_overrides`` applied (``from_config`` students).
+
+    Keys may be the config's own fields or their common aliases (``attribute_map``:
+    ``num_hidden_layers`` is DistilBERT's ``n_layers`` and GPT-2's ``n_layer``).
+    """
+    base = teacher_config.to_dict()
+    aliases = dict(getattr(type(teacher_config), "attribute_map", {}) or {})
+    resolved = {}
+    for key, value in overrides.items():
+        real = aliases.get(key, key)
+        if real not in base:
+            close = difflib.get_close_matches(key, [*base, *aliases], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise DistillError(
+                f"student.config_overrides.{key}: not a field of the teacher's {teacher_config.model_type} config{hint}"
+            )
+        resolved[real] = value
+    return type(teacher_config).from_dict({**base, **resolved, **(extra or {})})
 
 
 def freeze(model: nn.Module, dtype: str = "float32") -> nn.Module:

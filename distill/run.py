@@ -52,6 +52,7 @@ from distill.modeling import (
     hidden_size,
     load_pretrained,
     num_layers,
+    student_config,
 )
 from distill.report import REPORT_FILES, console_summary, write_report
 from distill.run_folder import BASELINE_DIR, PSEUDO_DIR, RUN_RECORD, STAGES_DIR, STUDENT_DIR, TEACHER_DIR
@@ -113,7 +114,7 @@ def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
         tokenizer, teacher_config = new_teacher_config(cfg, raw, task)
 
     n_teacher = num_layers(teacher_config)
-    n_student = _student_depth(cfg, n_teacher)
+    n_student = _student_depth(cfg, teacher_config)
     depths = (
         encoder_decoder_depths(teacher_config)
         if getattr(teacher_config, "is_encoder_decoder", False)
@@ -435,12 +436,12 @@ def _cpu_processes() -> bool:
     )
 
 
-def _student_depth(cfg: RecipeConfig, n_teacher: int) -> int:
+def _student_depth(cfg: RecipeConfig, teacher_config: Any) -> int:
     s = cfg.student
     if s.init == "copy_layers":
         return len(s.layers) if s.layers is not None else s.num_layers
     if s.init == "from_config":
-        return int(s.config_overrides.get("num_hidden_layers", n_teacher))
+        return num_layers(student_config(teacher_config, s.config_overrides))
     config = load_pretrained(AutoConfig.from_pretrained, s.name_or_path, "student")
     return num_layers(config)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import resource
 import shutil
 import signal
@@ -33,6 +34,8 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("teacher", "student", "baseline")
+# Each trial's moment is its trigger plus a random delay; set DISTILL_FAULT_SEED to replay a run.
+SEED = int(os.environ.get("DISTILL_FAULT_SEED", random.SystemRandom().randrange(10**6)))
 
 
 def env(tmp: Path) -> dict[str, str]:
@@ -175,6 +178,8 @@ def interrupt(cmd: list[str], out: Path, trial: Trial, environment: dict) -> sub
 def run_trial(index: int, trial: Trial, setup) -> dict:
     tmp, recipe, reference, _ = setup
     out = tmp / f"trial{index}"
+    jitter = random.Random(f"{SEED}-{index}").uniform(0.0, 0.05)
+    trial = Trial(trial.trigger, trial.delay + jitter, trial.sig, trial.again)
     environment = env(tmp)
     first = interrupt(command(recipe, out), out, trial, environment)
     outcome = {"trial": trial, "stage": stage_reached(out), "rc": first.returncode, "stderr": first.stderr}
@@ -203,8 +208,8 @@ def test_interrupted_runs_resume_to_the_same_weights(setup):
     for o in outcomes:
         stages[o["stage"]] = stages.get(o["stage"], 0) + 1
         trial = o["trial"]
-        assert not o["problems"], (trial, o["stage"], o["problems"])
-        assert not o["leftovers"], (trial, o["leftovers"])
+        assert not o["problems"], (f"DISTILL_FAULT_SEED={SEED}", trial, o["stage"], o["problems"])
+        assert not o["leftovers"], (f"DISTILL_FAULT_SEED={SEED}", trial, o["leftovers"])
         if trial.sig != signal.SIGKILL and o["stage"] != "finished":
             # Stopped by a signal: one line that says how to finish, no traceback.
             assert o["rc"] == 128 + trial.sig, (trial, o["rc"], o["stderr"][-2000:])
@@ -212,7 +217,9 @@ def test_interrupted_runs_resume_to_the_same_weights(setup):
             last = o["stderr"].strip().splitlines()[-1]
             assert last.startswith(f"distill: stopped by {signal.Signals(trial.sig).name}; `distill run")
             assert last.endswith("--resume` finishes it")
-    print(f"\n{len(outcomes)} interrupted runs, all resumed bit-identical; stopped in: {stages}")
+    print(
+        f"\n{len(outcomes)} interrupted runs (seed {SEED}), all resumed bit-identical; stopped in: {stages}"
+    )
     # The triggers put the interruptions in every stage of the run.
     assert {"teacher", "student", "baseline", "report"} <= set(stages), stages
 
@@ -392,8 +399,8 @@ def test_interrupted_teacher_outputs_resume_to_the_same_weights(seq_setup):
     with ThreadPoolExecutor(max_workers=2) as pool:
         outcomes = list(pool.map(lambda it: run_trial(*it, seq_setup), enumerate(SEQ_TRIALS)))
     for o in outcomes:
-        assert not o["problems"], (o["trial"], o["stage"], o["problems"])
-        assert not o["leftovers"], (o["trial"], o["leftovers"])
+        assert not o["problems"], (f"DISTILL_FAULT_SEED={SEED}", o["trial"], o["stage"], o["problems"])
+        assert not o["leftovers"], (f"DISTILL_FAULT_SEED={SEED}", o["trial"], o["leftovers"])
     stages = [o["stage"] for o in outcomes]
     print(f"\n{len(outcomes)} interrupted translation runs, all resumed bit-identical; stopped in: {stages}")
     assert "teacher outputs" in stages, stages

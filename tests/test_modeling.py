@@ -117,3 +117,67 @@ def test_local_model_loads(tmp_path):
     folder = save_tiny_bert(tmp_path / "m")
     model = load_pretrained(AutoModelForSequenceClassification.from_pretrained, str(folder), "teacher")
     assert model.config.num_hidden_layers == 4
+
+
+def save_tiny_distilbert(folder):
+    """A tiny DistilBERT classifier (its depth field is n_layers) with a DistilBERT tokenizer."""
+    from conftest import LABELS, NEGATIVE, NEUTRAL, POSITIVE, SPECIAL
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification, DistilBertTokenizer
+
+    words = SPECIAL + POSITIVE + NEGATIVE + NEUTRAL
+    tok = DistilBertTokenizer(
+        vocab={w: i for i, w in enumerate(words)}, do_lower_case=True, model_max_length=64
+    )
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = DistilBertConfig(
+        vocab_size=len(tok),
+        dim=32,
+        n_layers=4,
+        n_heads=2,
+        hidden_dim=64,
+        max_position_embeddings=64,
+        num_labels=3,
+        id2label=dict(enumerate(LABELS)),
+        label2id={n: i for i, n in enumerate(LABELS)},
+    )
+    DistilBertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("key", ["num_hidden_layers", "n_layers"])
+def test_config_overrides_take_the_common_aliases(key, tmp_path, data_csv, capsys):
+    """DistilBERT calls its depth n_layers: num_hidden_layers (an alias) works as well, and the
+    depth checks use the student's real depth."""
+    from conftest import recipe_dict, write_recipe
+    from transformers import AutoModelForSequenceClassification
+
+    from distill.cli import main
+
+    teacher = save_tiny_distilbert(tmp_path / "teacher")
+    out = tmp_path / "out"
+    raw = recipe_dict(teacher, data_csv, out, student={"init": "from_config", "config_overrides": {key: 1}})
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    # Student layer 1 does not exist in a 1-layer student (the teacher's depth would have allowed it).
+    assert (
+        main(["validate", str(recipe), "loss.hidden=mse", "loss.hidden_weight=1", "loss.layer_map={1: 3}"])
+        == 2
+    )
+    assert (
+        "loss.layer_map: student layer 1 does not exist; the student has 1 layers" in capsys.readouterr().err
+    )
+    assert main(["run", str(recipe), "train.steps=2", "eval.latency=false"]) == 0
+    assert AutoModelForSequenceClassification.from_pretrained(out / "student").config.n_layers == 1
+    assert main(["validate", str(recipe), "student.config_overrides={n_layer: 1}"]) == 2
+    assert (
+        "student.config_overrides.n_layer: not a field of the teacher's distilbert config (did you mean 'n_layers'?)"
+        in capsys.readouterr().err
+    )
+
+
+def test_student_config_maps_aliases_for_gpt2():
+    from transformers import GPT2Config
+
+    from distill.modeling import student_config
+
+    assert student_config(GPT2Config(n_layer=4), {"num_hidden_layers": 1}).n_layer == 1
