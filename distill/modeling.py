@@ -99,10 +99,24 @@ def copy_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
 
     Student layer ``i`` is a copy of teacher layer ``layers[i]``; every other weight is copied as is.
     """
-    prefix = find_layer_list(teacher, num_layers(teacher.config))
+    n_teacher = num_layers(teacher.config)
+    prefix = find_layer_list(teacher, n_teacher)
     config = copy.deepcopy(teacher.config)
+    # Settings indexed by layer (ModernBERT's and Gemma's layer_types: global or sliding-window
+    # attention) follow the copied layers, so that each keeps the attention it was trained with.
+    for key in per_layer_fields(config, n_teacher):
+        setattr(config, key, [getattr(config, key)[i] for i in layers])
     config.num_hidden_layers = len(layers)
     return _copy_with_map(teacher, config, {prefix: layers})
+
+
+def per_layer_fields(config: Any, depth: int) -> list[str]:
+    """Config fields that hold one value per layer: lists of ``depth`` entries named for layers."""
+    return [
+        key
+        for key, value in config.to_dict().items()
+        if "layer" in key and isinstance(value, (list, tuple)) and len(value) == depth and depth > 1
+    ]
 
 
 # Config fields holding (encoder, decoder) depth: BART / Marian / mBART, then T5.
@@ -204,6 +218,13 @@ def student_config(
     """
     base = teacher_config.to_dict()
     aliases = dict(getattr(type(teacher_config), "attribute_map", {}) or {})
+    depth_keys = {"num_hidden_layers", aliases.get("num_hidden_layers", "num_hidden_layers")}
+    if depth_keys & {aliases.get(k, k) for k in overrides}:
+        # Another depth: per-layer settings are rebuilt by the config from its own rule (e.g.
+        # ModernBERT's global_attn_every_n_layers) unless the overrides give them.
+        for key in per_layer_fields(teacher_config, num_layers(teacher_config)):
+            if key not in overrides:
+                base.pop(key, None)
     resolved = {}
     for key, value in overrides.items():
         real = aliases.get(key, key)

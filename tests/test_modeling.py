@@ -181,3 +181,46 @@ def test_student_config_maps_aliases_for_gpt2():
     from distill.modeling import student_config
 
     assert student_config(GPT2Config(n_layer=4), {"num_hidden_layers": 1}).n_layer == 1
+
+
+def test_copied_layers_keep_their_attention_type(tmp_path):
+    """ModernBERT alternates global and sliding-window attention (config.layer_types): a copied
+    layer keeps its own type, the student saves and reloads, and a from_config student of another
+    depth gets the types its config's rule gives."""
+    from transformers import (
+        AutoModelForSequenceClassification,
+        ModernBertConfig,
+        ModernBertForSequenceClassification,
+    )
+
+    from distill.modeling import copy_layers, student_config
+
+    config = ModernBertConfig(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        global_attn_every_n_layers=2,
+        local_attention=8,
+        max_position_embeddings=64,
+        num_labels=3,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        cls_token_id=1,
+        sep_token_id=2,
+    )
+    torch.manual_seed(0)
+    teacher = ModernBertForSequenceClassification(config).eval()
+    assert teacher.config.layer_types == ["full_attention", "sliding_attention"] * 2
+    student = copy_layers(teacher, [1, 2]).eval()
+    assert student.config.layer_types == ["sliding_attention", "full_attention"]
+    student.save_pretrained(tmp_path / "s")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "s").eval()
+    x = torch.randint(3, 40, (2, 24))  # longer than the 8-token local window
+    assert torch.equal(student(input_ids=x).logits, reloaded(input_ids=x).logits)
+    full = copy_layers(teacher, [0, 1, 2, 3]).eval()
+    assert torch.allclose(full(input_ids=x).logits, teacher(input_ids=x).logits, atol=1e-5)
+    shallow = student_config(teacher.config, {"num_hidden_layers": 3})
+    assert shallow.layer_types == ["full_attention", "sliding_attention", "full_attention"]
