@@ -21,6 +21,8 @@ from torch import nn
 from distill.config import RecipeConfig
 from distill.errors import DistillError
 
+log = logging.getLogger(__name__)
+
 
 def output_dir(path: str) -> None:
     """``output.dir`` must be a folder or creatable as one; a probe file is made and removed."""
@@ -75,12 +77,25 @@ def split_sizes(cfg: RecipeConfig, splits: DatasetDict, processes: int) -> None:
             )
 
 
-def tokenizer_ready(tokenizer: Any) -> None:
-    if tokenizer.pad_token_id is None:
+def tokenizer_ready(tokenizer: Any, what: str = "teacher") -> None:
+    """Batches are padded. A tokenizer without a pad token (GPT-2, Llama, Qwen2) pads with its end
+    token, as their classifiers are usually fine-tuned; the student's folder is saved that way."""
+    if tokenizer.pad_token_id is not None:
+        return
+    if tokenizer.eos_token is None:
         raise DistillError(
-            f"the tokenizer ({type(tokenizer).__name__}) has no pad token, so batches cannot be padded; "
-            "save the teacher's tokenizer with a pad token set"
+            f"the {what}'s tokenizer ({type(tokenizer).__name__}) has neither a pad token nor an end token, "
+            "so batches cannot be padded; save it with a pad token set"
         )
+    tokenizer.pad_token = tokenizer.eos_token
+    log.info("the %s's tokenizer has no pad token: padding with its end token %r", what, tokenizer.eos_token)
+
+
+def pad_in_config(model: nn.Module, tokenizer: Any) -> None:
+    """The model's config names the pad token (decoder-only classifiers find each sequence's last
+    real token by it, and refuse batches without it)."""
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def models_take_the_longest_inputs(

@@ -86,7 +86,11 @@ def find_layer_list(model: nn.Module, count: int) -> str:
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == count:
             return name
-    raise DistillError(f"cannot find the {count} Transformer layers of a {type(model).__name__}")
+    raise DistillError(
+        f"student.init=copy_layers: a {type(model).__name__} has no list of {count} layers to copy from "
+        "(its layers are shared, as in ALBERT); use student.init=from_config with "
+        "student.config_overrides.num_hidden_layers, or a pretrained student"
+    )
 
 
 def evenly_spaced(num_teacher: int, num_student: int) -> list[int]:

@@ -136,12 +136,15 @@ def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
         student_tok = load_pretrained(
             AutoTokenizer.from_pretrained, cfg.student.name_or_path, "student tokenizer"
         )
+        checks.tokenizer_ready(student_tok, "student")
         check_same_tokenizer(tokenizer, student_tok)
     plan = Plan(cfg, task, splits, label_names, tokenizer, teacher_config, reuse, processes)
     # A new task head is initialised while loading a teacher that is fine-tuned here.
     set_seed(cfg.teacher.stage.seed if cfg.teacher.stage.enabled else cfg.train.seed)
     plan.teacher = _load_teacher(plan)
+    checks.pad_in_config(plan.teacher, tokenizer)
     trial, _ = build_student(cfg.student, plan.teacher, task.MODEL_CLASS, task.model_kwargs(label_names))
+    checks.pad_in_config(trial, tokenizer)
     checks.models_take_the_longest_inputs(
         cfg, task, splits, tokenizer, {"teacher": plan.teacher, "student": trial}
     )
@@ -186,6 +189,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         cfg.student, teacher, task.MODEL_CLASS, task.model_kwargs(plan.label_names)
     )
     _set_labels(student, plan.label_names)
+    checks.pad_in_config(student, plan.tokenizer)
     baseline_init = copy.deepcopy(student) if cfg.train.baseline else None
     teacher = freeze(teacher, cfg.teacher.dtype).to(accelerator.device)
     projection = None

@@ -166,7 +166,10 @@ def catalogue(tmp: Path, teacher_dir: Path, data_csv: Path) -> dict[str, tuple[l
         "empty teacher weights": ([f"teacher.name_or_path={emptied}"], "a weights file is damaged"),
         "corrupt teacher config": ([f"teacher.name_or_path={bad_config}"], "cannot load teacher"),
         "teacher without a task head": ([f"teacher.name_or_path={backbone}"], "has no trained task head"),
-        "tokenizer without a pad token": ([f"teacher.name_or_path={no_pad}"], "has no pad token"),
+        "tokenizer without a pad or end token": (
+            [f"teacher.name_or_path={no_pad}"],
+            "has neither a pad token nor an end token",
+        ),
         "student with another tokenizer": (
             ["student.init=pretrained", f"student.name_or_path={other_tok}"],
             "the student's tokenizer differs from the teacher's",

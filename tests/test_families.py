@@ -1,0 +1,133 @@
+"""Model families beyond BERT for classification: decoder-only classifiers (GPT-2, Llama) whose
+tokenizer has no pad token, and a shared-layer family (ALBERT) that copy_layers cannot serve."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import LABELS, NEGATIVE, NEUTRAL, POSITIVE, recipe_dict, write_recipe
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+from distill.cli import main
+
+
+def decoder_tokenizer(folder):
+    """A word-level tokenizer as GPT-2's and Llama's are for this purpose: an end token, no pad token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "</s>"] + POSITIVE + NEGATIVE + NEUTRAL
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="<unk>",
+        eos_token="</s>",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    tok.model_max_length = 64
+    tok.save_pretrained(folder)
+    return tok
+
+
+def save_decoder_classifier(folder, family: str):
+    from transformers import GPT2Config, LlamaConfig
+
+    tok = decoder_tokenizer(folder)
+    labels = dict(
+        num_labels=3, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)}
+    )
+    if family == "gpt2":
+        config = GPT2Config(
+            vocab_size=len(tok),
+            n_embd=32,
+            n_layer=4,
+            n_head=2,
+            n_positions=64,
+            eos_token_id=1,
+            bos_token_id=1,
+            **labels,
+        )
+    else:
+        config = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=64,
+            eos_token_id=1,
+            bos_token_id=1,
+            **labels,
+        )
+    assert config.pad_token_id is None
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("init", ["copy_layers", "from_config"])
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_decoder_only_classifier_without_a_pad_token(family, init, tmp_path, data_csv):
+    teacher = save_decoder_classifier(tmp_path / "teacher", family)
+    out = tmp_path / "out"
+    student = (
+        {"init": init, "num_layers": 2}
+        if init == "copy_layers"
+        else {"init": init, "config_overrides": {"num_hidden_layers": 2}}
+    )
+    recipe = write_recipe(
+        tmp_path / "r.yaml", recipe_dict(teacher, data_csv, out, student=student, eval={"latency": False})
+    )
+    assert main(["validate", str(recipe)]) == 0 and not out.exists()
+    assert main(["run", str(recipe), "train.steps=3"]) == 0
+    # The student's folder pads with the end token, in its tokenizer and its config.
+    tok = AutoTokenizer.from_pretrained(out / "student")
+    model = AutoModelForSequenceClassification.from_pretrained(out / "student")
+    assert tok.pad_token == "</s>" and model.config.pad_token_id == tok.pad_token_id == 1
+    assert model.config.num_hidden_layers == 2
+    classify = pipeline("text-classification", model=str(out / "student"))
+    texts = ["good great love the car", "bad"]  # different lengths: padded in one batch
+    assert [p["label"] for p in classify(texts, batch_size=2)] == [
+        p["label"] for p in classify(texts, batch_size=1)
+    ]
+    report = json.loads((out / "report.json").read_text())
+    assert {m["name"] for m in report["models"]} == {"teacher", "student"}
+
+
+def test_shared_layers_are_refused_for_copy_layers_with_a_way_forward(tmp_path, data_csv, capsys):
+    from conftest import make_tokenizer
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+
+    folder = tmp_path / "albert"
+    tok = make_tokenizer(folder)
+    AlbertForSequenceClassification(
+        AlbertConfig(
+            vocab_size=len(tok),
+            embedding_size=16,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            num_labels=3,
+            id2label=dict(enumerate(LABELS)),
+            label2id={n: i for i, n in enumerate(LABELS)},
+        )
+    ).save_pretrained(folder)
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(folder, data_csv, out, eval={"latency": False}))
+    assert main(["validate", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "its layers are shared, as in ALBERT); use student.init=from_config" in err
+    assert not out.exists()
+    overrides = [
+        "student.init=from_config",
+        "student.config_overrides={num_hidden_layers: 2}",
+        "train.steps=2",
+    ]
+    assert main(["run", str(recipe), *overrides]) == 0
+    assert AutoModelForSequenceClassification.from_pretrained(out / "student").config.num_hidden_layers == 2
