@@ -91,6 +91,15 @@ def tokenizer_ready(tokenizer: Any, what: str = "teacher") -> None:
     log.info("the %s's tokenizer has no pad token: padding with its end token %r", what, tokenizer.eos_token)
 
 
+def embeddings_cover(model: nn.Module, tokenizer: Any, role: str) -> None:
+    """Every token id the tokenizer can give has an embedding in the model."""
+    size = model.get_input_embeddings().num_embeddings
+    if size < len(tokenizer):
+        raise DistillError(
+            f"the {role} has {size} token embeddings, fewer than the {len(tokenizer)} tokens of the tokenizer"
+        )
+
+
 def pad_in_config(model: nn.Module, tokenizer: Any) -> None:
     """The model's config names the pad token (decoder-only classifiers find each sequence's last
     real token by it, and refuse batches without it)."""
@@ -133,11 +142,7 @@ def models_take_the_longest_inputs(
     inputs = task.model_inputs(batch)
     shapes = {}
     for role, model in models.items():
-        size = model.get_input_embeddings().num_embeddings
-        if size < len(tokenizer):
-            raise DistillError(
-                f"the {role} has {size} token embeddings, fewer than the {len(tokenizer)} tokens of the tokenizer"
-            )
+        embeddings_cover(model, tokenizer, role)
         was_training = model.training
         model.eval()
         try:

@@ -142,6 +142,7 @@ def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
     # A new task head is initialised while loading a teacher that is fine-tuned here.
     set_seed(cfg.teacher.stage.seed if cfg.teacher.stage.enabled else cfg.train.seed)
     plan.teacher = _load_teacher(plan)
+    checks.embeddings_cover(plan.teacher, tokenizer, "teacher")
     checks.pad_in_config(plan.teacher, tokenizer)
     trial, _ = build_student(cfg.student, plan.teacher, task.MODEL_CLASS, task.model_kwargs(label_names))
     checks.pad_in_config(trial, tokenizer)

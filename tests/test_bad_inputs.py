@@ -72,6 +72,9 @@ def catalogue(tmp: Path, teacher_dir: Path, data_csv: Path) -> dict[str, tuple[l
     BertForSequenceClassification(
         tiny_bert_config(33, num_labels=2, id2label=None, label2id=None)
     ).save_pretrained(two_labels)
+    small_teacher = tmp / "small_teacher"
+    make_tokenizer(small_teacher)
+    BertForSequenceClassification(tiny_bert_config(20)).save_pretrained(small_teacher)  # 20 < 33 tokens
     backbone = tmp / "backbone"
     make_tokenizer(backbone)
     BertModel(tiny_bert_config(33)).save_pretrained(backbone)
@@ -165,6 +168,10 @@ def catalogue(tmp: Path, teacher_dir: Path, data_csv: Path) -> dict[str, tuple[l
         ),
         "empty teacher weights": ([f"teacher.name_or_path={emptied}"], "a weights file is damaged"),
         "corrupt teacher config": ([f"teacher.name_or_path={bad_config}"], "cannot load teacher"),
+        "teacher with fewer embeddings than tokens": (
+            [f"teacher.name_or_path={small_teacher}"],
+            "the teacher has 20 token embeddings, fewer than the 33 tokens",
+        ),
         "teacher without a task head": ([f"teacher.name_or_path={backbone}"], "has no trained task head"),
         "tokenizer without a pad or end token": (
             [f"teacher.name_or_path={no_pad}"],

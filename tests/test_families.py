@@ -13,12 +13,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipe
 from distill.cli import main
 
 
-def decoder_tokenizer(folder):
+def decoder_tokenizer(folder, eos: str = "</s>"):
     """A word-level tokenizer as GPT-2's and Llama's are for this purpose: an end token, no pad token."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = ["<unk>", "</s>"] + POSITIVE + NEGATIVE + NEUTRAL
+    words = ["<unk>", eos] + POSITIVE + NEGATIVE + NEUTRAL
     core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(
@@ -131,3 +131,101 @@ def test_shared_layers_are_refused_for_copy_layers_with_a_way_forward(tmp_path, 
     ]
     assert main(["run", str(recipe), *overrides]) == 0
     assert AutoModelForSequenceClassification.from_pretrained(out / "student").config.num_hidden_layers == 2
+
+
+def encoder_config(family: str, vocab: int):
+    """A tiny config of ``family``: 4 layers, 32 wide, the test labels, pad id 0 as the tokenizer's."""
+    import transformers as tf
+
+    labels = dict(
+        num_labels=3, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)}
+    )
+    common = dict(
+        vocab_size=vocab, num_attention_heads=2, max_position_embeddings=64, pad_token_id=0, **labels
+    )
+    bert_like = dict(hidden_size=32, num_hidden_layers=4, intermediate_size=64, **common)
+    if family == "roberta":
+        return tf.RobertaConfig(**bert_like)
+    if family == "xlm-roberta":
+        return tf.XLMRobertaConfig(**bert_like)
+    if family == "electra":
+        return tf.ElectraConfig(embedding_size=16, **bert_like)
+    if family == "deberta-v2":
+        return tf.DebertaV2Config(**bert_like)
+    if family == "distilbert":
+        return tf.DistilBertConfig(
+            dim=32,
+            n_layers=4,
+            n_heads=2,
+            hidden_dim=64,
+            **{k: v for k, v in common.items() if k != "num_attention_heads"},
+        )
+    if family == "modernbert":
+        return tf.ModernBertConfig(
+            global_attn_every_n_layers=2,
+            local_attention=8,
+            bos_token_id=2,
+            eos_token_id=3,
+            cls_token_id=2,
+            sep_token_id=3,
+            **bert_like,
+        )
+    if family == "qwen2":
+        return tf.Qwen2Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_key_value_heads=1,
+            eos_token_id=1,
+            bos_token_id=1,
+            **common,
+        )
+    raise ValueError(family)
+
+
+ENCODERS = ["roberta", "xlm-roberta", "electra", "deberta-v2", "distilbert", "modernbert"]
+
+
+@pytest.mark.parametrize("init", ["copy_layers", "from_config"])
+@pytest.mark.parametrize("family", [*ENCODERS, "qwen2"])
+def test_family_matrix(family, init, tmp_path, data_csv):
+    """Each family through validate and a short run; the saved student reloads with pipeline and
+    reproduces the report's accuracy on the test split."""
+    from conftest import make_tokenizer
+
+    folder = tmp_path / "teacher"
+    if family == "qwen2":  # Qwen2's tokenizer class pads with <|endoftext|>, its end token
+        tok = decoder_tokenizer(folder, eos="<|endoftext|>")
+    else:
+        tok = make_tokenizer(folder)
+        if family in ("distilbert", "modernbert"):  # their tokenizers give no token_type_ids
+            tok.model_input_names = ["input_ids", "attention_mask"]
+            tok.save_pretrained(folder)
+    config = encoder_config(family, len(tok))
+    if family == "qwen2":
+        config.pad_token_id = None
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    out = tmp_path / "out"
+    student = (
+        {"init": init, "num_layers": 2}
+        if init == "copy_layers"
+        else {"init": init, "config_overrides": {"num_hidden_layers": 2}}
+    )
+    recipe = write_recipe(
+        tmp_path / "r.yaml", recipe_dict(folder, data_csv, out, student=student, eval={"latency": False})
+    )
+    assert main(["validate", str(recipe)]) == 0
+    assert main(["run", str(recipe), "train.steps=3"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    accuracy = {m["name"]: m["metrics"]["accuracy"] for m in report["models"]}["student"]
+    classify = pipeline("text-classification", model=str(out / "student"))
+    assert classify.model.config.num_hidden_layers == 2
+    from distill.config import load_recipe
+    from distill.run import prepare
+
+    test = prepare(load_recipe(recipe, ["output.overwrite=true"])).splits["test"]  # the run's test split
+    names = classify.model.config.id2label
+    predicted = [p["label"] for p in classify(list(test["text"]), batch_size=8)]
+    truth = [names[i] for i in test["labels"]]
+    assert sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth) == pytest.approx(accuracy)
