@@ -123,14 +123,17 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
-def clean_leftovers(folder: Path) -> None:
-    """Remove what interrupted writes left in ``folder``: ``.partial_*`` and ``.old_*`` entries."""
+def clean_leftovers(folder: Path, *, recursive: bool = False) -> None:
+    """Remove what interrupted writes left in ``folder`` (and, if ``recursive``, in the folders
+    under it): ``.partial_*`` and ``.old_*`` entries."""
     folder = Path(folder)
     if not folder.is_dir():
         return
     for entry in folder.iterdir():
         if entry.name.startswith((PARTIAL, OLD)):
             remove(entry)
+        elif recursive and entry.is_dir() and not entry.is_symlink():
+            clean_leftovers(entry, recursive=True)
 
 
 def _sync_dir(folder: Path) -> None:

@@ -75,7 +75,7 @@ def open_for_run(out: Path, cfg: RecipeConfig) -> None:
                 atomic.remove(out / name)
             if read_record(out / PSEUDO_DIR / RECORD) is None:
                 atomic.remove(out / PSEUDO_DIR)  # unfinished outputs, perhaps of other settings
-        atomic.clean_leftovers(out)
+        atomic.clean_leftovers(out, recursive=True)  # a kill can fall inside any write
     atomic.write_text(out / CONFIG_FILE, dump_yaml(cfg))
 
 

@@ -285,13 +285,16 @@ def test_a_damaged_latest_checkpoint_is_skipped(setup, damage):
         (latest / "manifest.json").unlink()
     else:
         (latest / "scheduler.pt").unlink()
-    (checkpoints / ".partial_step_8").mkdir()  # and what an interrupted write left behind
+    (checkpoints / ".partial_step_8").mkdir()  # and what interrupted writes left behind
+    (out / "stages" / ".old_teacher_finetune").mkdir()  # a kill while a finished stage's checkpoints went
+    (out / "teacher" / ".partial_README.md").write_text("half")
     proc = _resume(setup, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     warning = [line for line in proc.stderr.splitlines() if "is damaged" in line]
     assert len(warning) == 1 and "step_7" in warning[0] and "resuming from step_6" in warning[0], proc.stderr
     assert not same_as_reference(out, setup[2])
     assert not (checkpoints / ".partial_step_8").exists()
+    assert not list(out.rglob(".partial_*")) and not list(out.rglob(".old_*"))
 
 
 def test_no_intact_checkpoint_is_one_line_exit_2(setup):
