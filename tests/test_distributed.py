@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import read_report, recipe_dict, save_tiny_bert, write_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,24 +50,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, data_csv):
         tmp_path,
     )
     # `accelerate launch --cpu --num_processes 2` starts one process; torchrun starts two.
-    launch(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            "-m",
-            "distill.cli",
-            "run",
-            str(recipe),
-            f"output.dir={two}",
-            "train.batch_size=4",
-        ],
-        tmp_path,
-    )
+    launch(torchrun(recipe, two, "train.batch_size=4"), tmp_path)
     a = json.loads((one / "results.json").read_text())
     b = json.loads((two / "results.json").read_text())
     assert (a["processes"], b["processes"]) == (1, 2)
@@ -155,12 +139,6 @@ def test_two_processes_checkpoint_every_step_and_resume_after_sigterm(tmp_path, 
     assert not (stopped / "student").exists()
     launch(torchrun(recipe, stopped, "--resume"), tmp_path)
     a, b = (load_file(d / "student" / "model.safetensors") for d in (straight, stopped))
-    assert all(torch_equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
     history = [json.loads((d / "results.json").read_text())["history"] for d in (straight, stopped)]
     assert history[0] == history[1]
-
-
-def torch_equal(x, y) -> bool:
-    import torch
-
-    return torch.equal(x, y)
