@@ -85,7 +85,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from distill.config import load_recipe
     from distill.modeling import num_layers
-    from distill.run import prepare
+    from distill.plan import prepare
 
     cfg = load_recipe(find_recipe(args.recipe), args.overrides)
     plan = prepare(cfg)

@@ -13,18 +13,15 @@ import copy
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from datasets import DatasetDict, concatenate_datasets
-from transformers import AutoConfig, AutoTokenizer
 
-from distill import atomic, checks, run_folder, tasks
+from distill import atomic, checks, run_folder
 from distill.artefacts import (
     RECORD,
     check_reload,
@@ -35,121 +32,25 @@ from distill.artefacts import (
     write_record,
 )
 from distill.cards import how_made, hub_id, model_card
-from distill.config import RecipeConfig, TrainConfig, check_against_teacher, to_dict
-from distill.data import load_raw
-from distill.errors import DistillError
+from distill.config import RecipeConfig, TrainConfig, to_dict
 from distill.evaluation import Entry, evaluate_models
 from distill.loop import TrainResult, train
 from distill.loss_step import LossStep
-from distill.metrics import load_metric
 from distill.modeling import (
     HiddenProjection,
     build_student,
-    check_same_tokenizer,
     default_layer_map,
-    encoder_decoder_depths,
     freeze,
     hidden_size,
-    load_pretrained,
     num_layers,
-    student_config,
 )
+from distill.plan import FINETUNE_MARKER, Plan, prepare, set_labels
 from distill.report import REPORT_FILES, console_summary, write_report
 from distill.run_folder import BASELINE_DIR, PSEUDO_DIR, RUN_RECORD, STAGES_DIR, STUDENT_DIR, TEACHER_DIR
 from distill.seqkd import pseudo_targets
-from distill.teachers import new_teacher_config, pseudo_settings, stage_settings
+from distill.teachers import pseudo_settings, stage_settings
 
 log = logging.getLogger(__name__)
-
-FINETUNE_MARKER = (
-    "distill_finetune.json"  # inside TEACHER_DIR, renamed into place with it: the stage is complete
-)
-
-
-@dataclass
-class Plan:
-    """Everything known once the recipe, data, labels, tokenizers and models have been checked."""
-
-    cfg: RecipeConfig
-    task: ModuleType
-    splits: DatasetDict  # raw text + integer "labels"
-    label_names: list[str]
-    tokenizer: Any
-    teacher_config: Any
-    reuse_teacher: bool  # a fine-tuned teacher from an earlier run is in the output folder
-    processes: int = 1
-    teacher: torch.nn.Module | None = None  # loaded (or built) and run once on the longest inputs
-
-
-def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
-    """All checks of ``distill validate``, in the order a run needs them: the output folder, the
-    config against the teacher, data, labels, column types, split sizes, tokenizers, and the teacher
-    and a trial student on the longest inputs the recipe allows. Writes nothing."""
-    task = tasks.TASKS[cfg.task]
-    processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
-    checks.output_dir(cfg.output.dir)
-    out = Path(cfg.output.dir)
-    finetuned = out / TEACHER_DIR
-    marker = read_record(finetuned / FINETUNE_MARKER) if cfg.teacher.stage.enabled else None
-    reuse = marker is not None and is_model_folder(finetuned)
-    if reuse:
-        recorded = marker.get("settings")
-        current = stage_settings(cfg)
-        if recorded != current:
-            recorded = recorded if isinstance(recorded, dict) else {}
-            changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
-            raise DistillError(
-                f"{finetuned} was trained with other settings ({', '.join(changed)} changed); "
-                "choose another output.dir or delete that folder"
-            )
-    # The teacher first (a bad id fails fast); a teacher built from scratch needs the data first.
-    source = str(finetuned) if reuse else cfg.teacher.name_or_path
-    if source:
-        teacher_config = load_pretrained(AutoConfig.from_pretrained, source, "teacher")
-        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, "teacher tokenizer")
-        checks.tokenizer_ready(tokenizer)
-    raw = load_raw(cfg.data, task.columns(cfg.data))
-    checks.text_columns(raw, task.columns(cfg.data), "label_column")
-    if not source:
-        tokenizer, teacher_config = new_teacher_config(cfg, raw, task)
-
-    n_teacher = num_layers(teacher_config)
-    n_student = _student_depth(cfg, teacher_config)
-    depths = (
-        encoder_decoder_depths(teacher_config)
-        if getattr(teacher_config, "is_encoder_decoder", False)
-        else None
-    )
-    check_against_teacher(cfg, n_teacher, n_student, depths)
-    if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise DistillError("train.mixed_precision: fp16 needs a GPU; use bf16 or no on a CPU")
-
-    head_trained = reuse or not cfg.teacher.stage.enabled
-    splits, label_names = task.prepare_targets(raw, cfg.data, teacher_config, head_trained)
-    checks.split_sizes(cfg, splits, processes)
-    if "test" not in splits:
-        log.warning("no test split: the final report compares teacher and student on the validation split")
-
-    for name in cfg.eval.metrics:
-        load_metric(name)  # a metric that cannot be loaded fails now, not after training
-    if cfg.student.init == "pretrained":
-        student_tok = load_pretrained(
-            AutoTokenizer.from_pretrained, cfg.student.name_or_path, "student tokenizer"
-        )
-        checks.tokenizer_ready(student_tok, "student")
-        check_same_tokenizer(tokenizer, student_tok)
-    plan = Plan(cfg, task, splits, label_names, tokenizer, teacher_config, reuse, processes)
-    # A new task head is initialised while loading a teacher that is fine-tuned here.
-    set_seed(cfg.teacher.stage.seed if cfg.teacher.stage.enabled else cfg.train.seed)
-    plan.teacher = _load_teacher(plan)
-    checks.embeddings_cover(plan.teacher, tokenizer, "teacher")
-    checks.pad_in_config(plan.teacher, tokenizer)
-    trial, _ = build_student(cfg.student, plan.teacher, task.MODEL_CLASS, task.model_kwargs(label_names))
-    checks.pad_in_config(trial, tokenizer)
-    checks.models_take_the_longest_inputs(
-        cfg, task, splits, tokenizer, {"teacher": plan.teacher, "student": trial}
-    )
-    return plan
 
 
 def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
@@ -189,7 +90,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
     student, copied = build_student(
         cfg.student, teacher, task.MODEL_CLASS, task.model_kwargs(plan.label_names)
     )
-    _set_labels(student, plan.label_names)
+    set_labels(student, plan.label_names)
     checks.pad_in_config(student, plan.tokenizer)
     baseline_init = copy.deepcopy(student) if cfg.train.baseline else None
     teacher = freeze(teacher, cfg.teacher.dtype).to(accelerator.device)
@@ -309,35 +210,6 @@ def _ship(
     return saved
 
 
-def _load_teacher(plan: Plan) -> torch.nn.Module:
-    cfg, task = plan.cfg, plan.task
-    if plan.reuse_teacher:
-        return load_pretrained(
-            task.MODEL_CLASS.from_pretrained, str(Path(cfg.output.dir) / TEACHER_DIR), "teacher"
-        )
-    if cfg.teacher.architecture:
-        return task.MODEL_CLASS.from_config(plan.teacher_config)
-    if cfg.teacher.finetune.enabled:
-        return load_pretrained(
-            task.MODEL_CLASS.from_pretrained,
-            cfg.teacher.name_or_path,
-            "teacher",
-            ignore_mismatched_sizes=True,
-            **task.model_kwargs(plan.label_names),
-        )
-    teacher, info = load_pretrained(
-        task.MODEL_CLASS.from_pretrained, cfg.teacher.name_or_path, "teacher", output_loading_info=True
-    )
-    if info["missing_keys"]:
-        missing = ", ".join(sorted(info["missing_keys"])[:3])
-        raise DistillError(
-            f"the teacher '{cfg.teacher.name_or_path}' has no trained task head (missing weights: {missing}); "
-            "set teacher.finetune.enabled=true to fine-tune it first"
-        )
-    _set_labels(teacher, plan.label_names)
-    return teacher
-
-
 def _finetune_teacher(
     accelerator: Accelerator,
     plan: Plan,
@@ -439,23 +311,6 @@ def _cpu_processes() -> bool:
         and not torch.cuda.is_available()
         and not (hasattr(torch, "xpu") and torch.xpu.is_available())
     )
-
-
-def _student_depth(cfg: RecipeConfig, teacher_config: Any) -> int:
-    s = cfg.student
-    if s.init == "copy_layers":
-        return len(s.layers) if s.layers is not None else s.num_layers
-    if s.init == "from_config":
-        return num_layers(student_config(teacher_config, s.config_overrides))
-    config = load_pretrained(AutoConfig.from_pretrained, s.name_or_path, "student")
-    return num_layers(config)
-
-
-def _set_labels(model: torch.nn.Module, names: list[str] | None) -> None:
-    if names is None:  # tasks without labels (translation)
-        return
-    model.config.id2label = dict(enumerate(names))
-    model.config.label2id = {n: i for i, n in enumerate(names)}
 
 
 def quiet_libraries() -> None:
