@@ -125,9 +125,12 @@ def models_take_the_longest_inputs(
     level = logger.level
     logger.setLevel(logging.ERROR)  # its truncation warnings come again when the run tokenizes
     try:
-        row = dict(task.tokenize(DatasetDict(train=sample), tokenizer, cfg.data)["train"][0])
+        tokenized = task.tokenize(DatasetDict(train=sample), tokenizer, cfg.data)["train"]
     finally:
         logger.setLevel(level)
+    if hasattr(task, "check_models"):  # what the task needs of the models beyond one forward pass
+        task.check_models(models, [dict(r) for r in tokenized], tokenizer)
+    row = dict(tokenized[0])
     top = len(tokenizer) - 1
     length = task.max_input_length(tokenizer, cfg.data)
     row["input_ids"] = _stretch(list(row["input_ids"]), length, top)
@@ -158,9 +161,15 @@ def models_take_the_longest_inputs(
         finally:
             model.train(was_training)
     if "teacher" in shapes and "student" in shapes and shapes["teacher"] != shapes["student"]:
+        hint = ""
+        if task.__name__.endswith("translation") and shapes["student"][-1] != shapes["teacher"][-1]:
+            hint = (
+                f"; the tokenizer has {len(tokenizer)} tokens: resize both output layers to it "
+                "(model.resize_token_embeddings) and save the student again"
+            )
         raise DistillError(
             f"the student's outputs have shape {shapes['student']}, the teacher's {shapes['teacher']} "
-            "(another vocabulary or label count): they cannot be compared"
+            f"(another vocabulary or label count): they cannot be compared{hint}"
         )
 
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from distill import atomic
 from distill.errors import DistillError
+from distill.tasks.translation import generation_start
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def _generate(
                     do_sample=False,
                 )
             for i, seq in zip(ids, generated.tolist(), strict=True):
-                outputs[i] = _clean(seq, teacher.config)
+                outputs[i] = _clean(seq, teacher)
     gathered = gather_object([outputs])
     merged: dict[int, list[int]] = {}
     for part in gathered:
@@ -136,11 +137,12 @@ def _generate(
     return [merged[i] for i in rows]
 
 
-def _clean(sequence: list[int], config: Any) -> list[int]:
-    """A generated sequence as training labels: no decoder start token, nothing after the end token."""
-    start = config.decoder_start_token_id
-    eos = config.eos_token_id
-    pad = config.pad_token_id
+def _clean(sequence: list[int], model: Any) -> list[int]:
+    """A generated sequence as training labels: no decoder start token (the one ``generate()``
+    started with), nothing after the end token."""
+    start = generation_start(model)
+    eos = model.config.eos_token_id
+    pad = model.config.pad_token_id
     if sequence and sequence[0] == start:
         sequence = sequence[1:]
     if eos in sequence:

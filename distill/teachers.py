@@ -8,11 +8,13 @@ import json
 from types import ModuleType
 from typing import Any
 
+import torch
 from datasets import DatasetDict
 from transformers import AutoConfig
 
 from distill.config import RecipeConfig, to_dict
 from distill.errors import DistillError
+from distill.tasks.translation import decoder_inputs_builder
 from distill.tokenizer_training import check_round_trip, train_tokenizer
 
 
@@ -68,6 +70,11 @@ def new_teacher_config(cfg: RecipeConfig, raw: DatasetDict, task: ModuleType) ->
     if CONFIG_MAPPING[model_type]().is_encoder_decoder:
         ids.update(decoder_start_token_id=tokenizer.pad_token_id, forced_eos_token_id=tokenizer.eos_token_id)
     config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **ids, **arch)
+    if config.is_encoder_decoder:
+        # generate() starts with the token the family's decoder inputs start with (MBart: the end
+        # token each target closes with, moved to the front; the others: the start token set above)
+        ending = torch.tensor([[tokenizer.eos_token_id]])
+        config.decoder_start_token_id = int(decoder_inputs_builder(config)(ending)[0, 0])
     return tokenizer, config
 
 

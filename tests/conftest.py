@@ -290,3 +290,51 @@ def translation_recipe(teacher_path: Path, data_path: Path, out: Path, **section
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     return raw
+
+
+def save_seq2seq(folder: Path, family: str, **config_kw) -> Path:
+    """A tiny teacher of ``family`` (marian, bart, mbart, t5) with the shared word-level tokenizer
+    (pad 0, </s> 1), 2+2 layers. MBart's decoder inputs are its targets with the last token (</s>)
+    moved to the front, so its generation starts with </s>."""
+    import transformers as tf
+
+    tok = make_seq2seq_tokenizer(folder)
+    torch.manual_seed(0)
+    start = 1 if family == "mbart" else 0
+    ids = dict(pad_token_id=0, eos_token_id=1, decoder_start_token_id=start, forced_eos_token_id=1)
+    ids.update(config_kw)
+    bart_like = dict(
+        vocab_size=len(tok),
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
+        **ids,
+    )
+    if family == "marian":
+        model = tf.MarianMTModel(tiny_marian_config(len(tok), **config_kw))
+    elif family == "bart":
+        model = tf.BartForConditionalGeneration(tf.BartConfig(bos_token_id=0, **bart_like))
+    elif family == "mbart":
+        model = tf.MBartForConditionalGeneration(tf.MBartConfig(bos_token_id=0, **bart_like))
+    elif family == "t5":
+        model = tf.T5ForConditionalGeneration(
+            tf.T5Config(
+                vocab_size=len(tok),
+                d_model=32,
+                d_kv=16,
+                d_ff=64,
+                num_layers=2,
+                num_decoder_layers=2,
+                num_heads=2,
+                **ids,
+            )
+        )
+    else:
+        raise ValueError(family)
+    model.save_pretrained(folder)
+    return folder

@@ -229,3 +229,122 @@ def test_family_matrix(family, init, tmp_path, data_csv):
     predicted = [p["label"] for p in classify(list(test["text"]), batch_size=8)]
     truth = [names[i] for i in test["labels"]]
     assert sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth) == pytest.approx(accuracy)
+
+
+SEQ2SEQ = ["marian", "bart", "mbart", "t5"]
+
+
+@pytest.mark.parametrize("family", SEQ2SEQ)
+def test_decoder_inputs_are_built_the_familys_own_way(family, tmp_path, translation_tokenized):
+    """The collator's decoder inputs are the ones the model builds itself from the labels: the
+    model's own loss path and ours see the same logits. MBart's start with the target's last token."""
+    from conftest import save_seq2seq
+    from transformers import AutoModelForSeq2SeqLM
+
+    from distill.tasks import translation
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(save_seq2seq(tmp_path / family, family)).eval()
+    tok, data = translation_tokenized
+    batch = translation.collator(tok, model.config)([data[i] for i in range(6)])
+    labels = batch["labels"]
+    assert (labels == -100).any()  # uneven lengths: padding is in the labels
+    assert torch.equal(batch["decoder_input_ids"], model.prepare_decoder_input_ids_from_labels(labels=labels))
+    first = batch["decoder_input_ids"][:, 0]
+    assert first.tolist() == [1 if family == "mbart" else 0] * 6  # </s> for MBart, <pad> for the others
+    with torch.no_grad():
+        own = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
+        ours = model(**translation.model_inputs(batch))
+    assert torch.equal(own.logits, ours.logits)
+    generated = model.generate(input_ids=batch["input_ids"][:1], max_new_tokens=3, do_sample=False)
+    assert generated[0, 0] == first[0]  # generation starts where training does
+
+
+def test_mbart_generating_from_another_token_than_it_trains_with_is_refused(tmp_path, pairs_csv, capsys):
+    """MBart as its config comes by default (no decoder start token: generate() starts with bos,
+    <pad> here) trains behind </s>: refused before anything is written, with the fix."""
+    from conftest import save_seq2seq, translation_recipe
+
+    teacher = save_seq2seq(tmp_path / "mbart", "mbart", decoder_start_token_id=None)
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", translation_recipe(teacher, pairs_csv, out))
+    capsys.readouterr()
+    assert main(["validate", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert (
+        "the teacher (mbart) is trained with decoder inputs starting with token 1 ('</s>') but "
+        "generate() starts with 0 ('<pad>'); set decoder_start_token_id to 1 in its config.json" in err
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("init", ["copy_layers", "from_config"])
+@pytest.mark.parametrize("family", SEQ2SEQ)
+def test_translation_family_matrix(family, init, tmp_path, pairs_csv):
+    """Each encoder-decoder family through validate and a short run; the saved student, reloaded
+    with plain transformers, generates what gives the report's chrF on the test split."""
+    import sacrebleu
+    from conftest import save_seq2seq, translation_recipe
+    from transformers import AutoModelForSeq2SeqLM
+
+    from distill.config import load_recipe
+    from distill.run import prepare
+
+    teacher = save_seq2seq(tmp_path / "teacher", family)
+    out = tmp_path / "out"
+    if init == "copy_layers":
+        student = {"init": init, "num_decoder_layers": 1}
+    else:
+        depth = "num_decoder_layers" if family == "t5" else "decoder_layers"
+        student = {"init": init, "config_overrides": {depth: 1}}
+    raw = translation_recipe(teacher, pairs_csv, out, student=student, eval={"latency": False})
+    raw["train"].update(steps=6, learning_rate=1e-2)
+    raw["student"] = student  # translation_recipe's own student settings are replaced, not merged
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    assert main(["validate", str(recipe)]) == 0
+    assert main(["run", str(recipe)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    chrf = {m["name"]: m["metrics"]["chrf"] for m in report["models"]}
+    test = prepare(load_recipe(recipe, ["output.overwrite=true"])).splits["test"]
+    references = [t.strip() for t in test["target"]]
+
+    def score(folder):
+        model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+        tok = AutoTokenizer.from_pretrained(folder)
+        hypotheses = []
+        for i in range(0, len(test), 8):  # the report's batches: eval.batch_size 8
+            batch = tok(list(test["source"][i : i + 8]), return_tensors="pt", padding=True)
+            generated = model.generate(**batch, num_beams=2, max_new_tokens=10, do_sample=False)
+            hypotheses += [t.strip() for t in tok.batch_decode(generated, skip_special_tokens=True)]
+        return model, sacrebleu.corpus_chrf(hypotheses, [references]).score
+
+    student, student_chrf = score(out / "student")
+    assert student.config.model_type == family
+    depth = student.config.num_decoder_layers if family == "t5" else student.config.decoder_layers
+    assert depth == 1
+    assert student_chrf == pytest.approx(chrf["student"])
+    _, teacher_chrf = score(teacher)
+    assert teacher_chrf > 0  # untrained, yet not empty: the comparison is not 0 == 0 for both
+    assert teacher_chrf == pytest.approx(chrf["teacher"])
+
+
+def test_a_student_with_a_padded_vocabulary_is_refused_with_the_fix(tmp_path, pairs_csv, capsys):
+    """Real checkpoints pad their vocabulary: outputs over 46 ids cannot be compared token by token
+    with a teacher's over 38; refused before anything is written, naming the fix."""
+    from conftest import save_seq2seq, translation_recipe
+    from transformers import AutoModelForSeq2SeqLM
+
+    teacher = save_seq2seq(tmp_path / "teacher", "bart")
+    padded = tmp_path / "padded"
+    save_seq2seq(padded, "bart")
+    model = AutoModelForSeq2SeqLM.from_pretrained(padded)
+    model.resize_token_embeddings(len(AutoTokenizer.from_pretrained(padded)) + 8)
+    model.save_pretrained(padded)
+    out = tmp_path / "out"
+    student = {"init": "pretrained", "name_or_path": str(padded)}
+    recipe = write_recipe(tmp_path / "r.yaml", translation_recipe(teacher, pairs_csv, out, student=student))
+    capsys.readouterr()
+    assert main(["validate", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "the tokenizer has 38 tokens: resize both output layers" in err
+    assert not out.exists()

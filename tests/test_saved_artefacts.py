@@ -13,19 +13,14 @@ from conftest import (
     make_seq2seq_tokenizer,
     read_report,
     recipe_dict,
+    save_seq2seq,
     save_tiny_bert,
     tiny_marian_config,
     translation_recipe,
     write_recipe,
 )
 from datasets import Dataset, DatasetDict
-from transformers import (
-    BartConfig,
-    BartForConditionalGeneration,
-    MarianMTModel,
-    T5Config,
-    T5ForConditionalGeneration,
-)
+from transformers import MarianMTModel
 
 from distill.artefacts import check_reload, reload, save_model
 from distill.cli import main
@@ -34,46 +29,6 @@ from distill.errors import RunFailed
 from distill.loop import LossStep, evaluate, make_dataloader, train
 from distill.modeling import copy_encoder_decoder_layers, freeze
 from distill.tasks import translation
-
-
-def save_seq2seq(folder, family: str):
-    """A tiny teacher of ``family`` with the shared word-level tokenizer (pad 0, </s> 1)."""
-    tok = make_seq2seq_tokenizer(folder)
-    torch.manual_seed(0)
-    ids = dict(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, forced_eos_token_id=1)
-    if family == "marian":
-        model = MarianMTModel(tiny_marian_config(len(tok)))
-    elif family == "bart":
-        model = BartForConditionalGeneration(
-            BartConfig(
-                vocab_size=len(tok),
-                d_model=32,
-                encoder_layers=2,
-                decoder_layers=2,
-                encoder_attention_heads=2,
-                decoder_attention_heads=2,
-                encoder_ffn_dim=64,
-                decoder_ffn_dim=64,
-                max_position_embeddings=64,
-                bos_token_id=0,
-                **ids,
-            )
-        )
-    else:
-        model = T5ForConditionalGeneration(
-            T5Config(
-                vocab_size=len(tok),
-                d_model=32,
-                d_kv=16,
-                d_ff=64,
-                num_layers=2,
-                num_decoder_layers=2,
-                num_heads=2,
-                **ids,
-            )
-        )
-    model.save_pretrained(folder)
-    return folder
 
 
 @pytest.mark.parametrize("family", ["bert", "marian", "bart", "t5"])

@@ -1,4 +1,4 @@
-"""Translation with encoder-decoder models (Marian, BART, T5 families): what differs from classification.
+"""Translation with encoder-decoder models (Marian, BART, MBart, T5 families): what differs from classification.
 
 Same names as :mod:`distill.tasks.classification`. Items of the losses are target tokens; padding
 in ``labels`` is -100. Metrics are corpus BLEU and chrF (sacrebleu) of the detokenized outputs
@@ -9,6 +9,8 @@ the tokenized labels, which lose unknown words and are cut at ``data.max_target_
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from types import MethodType, SimpleNamespace
 from typing import Any
 
 import sacrebleu
@@ -131,19 +133,108 @@ def tokenize(splits: DatasetDict, tokenizer: Any, cfg: DataConfig) -> DatasetDic
     return out
 
 
+def decoder_inputs_builder(config: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The family's own way to build decoder inputs from labels (padding -100).
+
+    It is the model class's ``prepare_decoder_input_ids_from_labels``, called on the config alone
+    so that the collator needs no model: BART, Marian, Pegasus put the decoder start token before
+    the labels shifted right; T5 does the same through ``_shift_right``; MBart, PLBart and FSMT
+    move the last token of each target (the end or language token) to the front. A family without
+    the method gets the first rule, which needs ``decoder_start_token_id``.
+    """
+    cls = AutoModelForSeq2SeqLM._model_mapping.get(type(config), None)
+    method = getattr(cls, "prepare_decoder_input_ids_from_labels", None) if cls is not None else None
+    if method is None:
+        start, pad = getattr(config, "decoder_start_token_id", None), config.pad_token_id
+        if start is None or pad is None:
+            raise DistillError(
+                f"{config.model_type}: the config names no decoder_start_token_id (or pad_token_id), "
+                "so the decoder's first input is unknown; set it in config.json"
+            )
+
+        def shift(labels: torch.Tensor) -> torch.Tensor:
+            decoder = torch.full_like(labels, pad)
+            decoder[:, 0] = start
+            decoder[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad)
+            return decoder
+
+        return shift
+    holder = SimpleNamespace(config=config)  # the methods read nothing but ``self.config``
+    if hasattr(cls, "_shift_right"):
+        holder._shift_right = MethodType(cls._shift_right, holder)
+
+    def family_shift(labels: torch.Tensor) -> torch.Tensor:
+        try:
+            return method(holder, labels=labels)
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise DistillError(
+                f"{config.model_type}: decoder inputs cannot be built from the labels: "
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+            ) from None
+
+    return family_shift
+
+
+def generation_start(model: Any) -> int | None:
+    """The token ``generate()`` starts the decoder with: the generation config's decoder start
+    token, else its beginning-of-sequence token (as transformers falls back)."""
+    gen = getattr(model, "generation_config", None)
+    for source in (gen, model.config):
+        if source is None:
+            continue
+        for name in ("decoder_start_token_id", "bos_token_id"):
+            value = getattr(source, name, None)
+            if value is not None:
+                return int(value)
+    return None
+
+
+def check_models(models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any) -> None:
+    """Every model builds its decoder inputs as the collator does (the teacher's family rule), and
+    ``generate()`` starts with the token the decoder is trained to start with: a decoder trained
+    behind one token and run behind another translates worse, silently."""
+    width = max(len(r["labels"]) for r in rows)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, r in enumerate(rows):
+        labels[i, : len(r["labels"])] = torch.tensor(r["labels"], dtype=torch.long)
+    first = next(iter(models.values()))
+    expected = decoder_inputs_builder(first.config)(labels)
+    for role, model in models.items():
+        built = decoder_inputs_builder(model.config)(labels)
+        if not torch.equal(built, expected):
+            raise DistillError(
+                f"the {role} ({model.config.model_type}) builds its decoder inputs from the targets "
+                f"differently from the teacher ({first.config.model_type}); use a student of the "
+                "teacher's family"
+            )
+        starts = sorted(set(built[:, 0].tolist()))
+        start = generation_start(model)
+        if starts != [start]:
+            names = ", ".join(f"{t} ({tokenizer.convert_ids_to_tokens(t)!r})" for t in starts)
+            shown = "none" if start is None else f"{start} ({tokenizer.convert_ids_to_tokens(start)!r})"
+            fix = (
+                f"set decoder_start_token_id to {starts[0]} in its config.json and generation_config.json"
+                if len(starts) == 1
+                else "the targets do not all end with the same token: check the tokenizer's end token"
+            )
+            raise DistillError(
+                f"the {role} ({model.config.model_type}) is trained with decoder inputs starting with "
+                f"token {names} but generate() starts with {shown}; {fix}"
+            )
+
+
 class Seq2SeqCollator:
     """Pads inputs (tokenizer's pad id) and labels (-100), and builds ``decoder_input_ids``.
 
-    ``decoder_input_ids`` are the labels shifted right behind the decoder start token, as the
-    models build them themselves when given labels: the loss step passes them explicitly because
-    it calls the models without labels (the losses are computed outside).
+    ``decoder_input_ids`` are built from the labels the family's own way
+    (:func:`decoder_inputs_builder`), as the models do themselves when given labels: the loss step
+    passes them explicitly because it calls the models without labels (the losses are computed
+    outside).
     """
 
     def __init__(self, tokenizer: Any, model_config: Any):
         self.tokenizer = tokenizer
-        self.pad_id = tokenizer.pad_token_id
-        start = getattr(model_config, "decoder_start_token_id", None)
-        self.start_id = start if start is not None else self.pad_id
+        self.shift = decoder_inputs_builder(model_config)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         labels = [list(r["labels"]) for r in rows]
@@ -155,10 +246,7 @@ class Seq2SeqCollator:
         padded = torch.full((len(rows), width), -100, dtype=torch.long)
         for i, ids in enumerate(labels):
             padded[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        decoder = torch.full_like(padded, self.pad_id)
-        decoder[:, 0] = self.start_id
-        decoder[:, 1:] = padded[:, :-1].masked_fill(padded[:, :-1] == -100, self.pad_id)
-        batch = {**inputs, "labels": padded, "decoder_input_ids": decoder}
+        batch = {**inputs, "labels": padded, "decoder_input_ids": self.shift(padded)}
         if rows and REFERENCE in rows[0]:
             batch[REFERENCE] = [r[REFERENCE] for r in rows]  # a list of strings, not a tensor
         return batch
