@@ -45,8 +45,18 @@ def soft_kl(
     """
     s = _log_probs(student_logits, temperature)
     t = _log_probs(teacher_logits, temperature)
-    per_item = (t.exp() * (t - s)).sum(-1)
-    return temperature**2 * _masked_sum(per_item, mask)
+    return temperature**2 * _masked_sum(_kl(t, s), mask)
+
+
+def _kl(p_log: Tensor, q_log: Tensor) -> Tensor:
+    """``Σ p (log p − log q)`` over the last dimension, from log-probabilities."""
+    return (p_log.exp() * (p_log - q_log)).sum(-1)
+
+
+def _jsd(s: Tensor, t: Tensor, beta: float) -> Tensor:
+    """Per-item ``JSD_β`` from log-probabilities (0 < β < 1)."""
+    m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1.0 - beta)]), dim=0)
+    return beta * _kl(t, m) + (1.0 - beta) * _kl(s, m)
 
 
 def reverse_kl(
@@ -55,8 +65,7 @@ def reverse_kl(
     """Reverse KL, ``T² · Σ_items KL(q_T ‖ p_T)`` (mode-seeking: the student's mass stays where the teacher's is)."""
     s = _log_probs(student_logits, temperature)
     t = _log_probs(teacher_logits, temperature)
-    per_item = (s.exp() * (s - t)).sum(-1)
-    return temperature**2 * _masked_sum(per_item, mask)
+    return temperature**2 * _masked_sum(_kl(s, t), mask)
 
 
 def jsd(
@@ -83,11 +92,7 @@ def jsd(
         return reverse_kl(student_logits, teacher_logits, temperature=temperature, mask=mask)
     s = _log_probs(student_logits, temperature)
     t = _log_probs(teacher_logits, temperature)
-    m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1.0 - beta)]), dim=0)
-    kl_t = (t.exp() * (t - m)).sum(-1)
-    kl_s = (s.exp() * (s - m)).sum(-1)
-    per_item = beta * kl_t + (1.0 - beta) * kl_s
-    return temperature**2 * _masked_sum(per_item, mask)
+    return temperature**2 * _masked_sum(_jsd(s, t, beta), mask)
 
 
 def hard_ce(student_logits: Tensor, labels: Tensor, *, ignore_index: int = -100) -> Tensor:
@@ -141,7 +146,9 @@ class _ChunkedKDMix(torch.autograd.Function):
     def forward(ctx, student_logits, teacher_logits, labels, fn, alpha, chunk, kwargs):  # noqa: ANN001, ANN205
         classes = student_logits.shape[-1]
         flat_s = student_logits.reshape(-1, classes)
-        flat_t = teacher_logits.reshape(-1, classes)
+        items = flat_s.shape[0]
+        # dense logits, or a sparse/lazy teacher (TopK, TeacherHead) sliced the same way
+        flat_t = teacher_logits.reshape(-1, classes) if isinstance(teacher_logits, Tensor) else teacher_logits.reshape(items)
         flat_y = labels.reshape(-1)
         grad = torch.empty_like(flat_s)
         soft_total = flat_s.new_zeros((), dtype=torch.float32)
@@ -152,7 +159,8 @@ class _ChunkedKDMix(torch.autograd.Function):
             y = flat_y[part]
             with torch.enable_grad():
                 # clone(): the teacher's logits may be inference tensors; a chunk's copy is not.
-                soft = fn(s, flat_t[part].clone(), mask=y != -100, **kwargs)
+                t = flat_t[part]
+                soft = fn(s, t.clone() if isinstance(t, Tensor) else t, mask=y != -100, **kwargs)
                 hard = hard_ce(s, y)
                 (g,) = torch.autograd.grad(alpha * soft + (1.0 - alpha) * hard, s)
             grad[part] = g
@@ -170,6 +178,22 @@ class _ChunkedKDMix(torch.autograd.Function):
         return grad.mul_(grad_total.to(grad.dtype)).reshape(ctx.shape), None, None, None, None, None, None
 
 
+class TeacherHead:
+    """A teacher's logits not yet computed: its last hidden states ``(..., width)`` and its output
+    head. Sliced like a tensor of logits, it computes only the slice's logits, so chunked losses
+    never hold the teacher's full ``[tokens, vocabulary]`` logits."""
+
+    def __init__(self, hidden: Tensor, head: Callable[[Tensor], Tensor]):
+        self.hidden, self.head = hidden, head
+
+    def reshape(self, items: int) -> TeacherHead:
+        return TeacherHead(self.hidden.reshape(items, self.hidden.shape[-1]), self.head)
+
+    def __getitem__(self, index: Any) -> Tensor:
+        with torch.no_grad():
+            return self.head(self.hidden[index])
+
+
 def chunked_kd_mix(
     fn: Callable[..., Tensor],
     student_logits: Tensor,
@@ -184,12 +208,101 @@ def chunked_kd_mix(
     ``chunk`` items at a time; only the first has a gradient (w.r.t. the student's logits).
 
     Equal to ``kd_mix(fn(s, t, mask=labels != -100, **kwargs), hard_ce(s, labels), alpha=alpha)``
-    up to float summation order. The backward pass may be run once.
+    up to float summation order. The backward pass may be run once. ``teacher_logits`` is a dense
+    tensor, or a :class:`TopK` (with a sparse ``fn``) or :class:`TeacherHead`, sliced per chunk.
     """
-    return _ChunkedKDMix.apply(
-        student_logits, teacher_logits.detach(), labels, fn, alpha, max(chunk, 1), kwargs
-    )
+    if isinstance(teacher_logits, Tensor):
+        teacher_logits = teacher_logits.detach()
+    return _ChunkedKDMix.apply(student_logits, teacher_logits, labels, fn, alpha, max(chunk, 1), kwargs)
+
+
+# --- Sparse soft labels: the teacher's top-k tokens and a tail bucket -------------------------
+#
+# A stored teacher keeps, per item, the log-probabilities (at the recipe's temperature) of its k
+# most likely tokens, their ids, and the log of the probability left over (the *tail*). The losses
+# below compare the teacher and the student over k + 1 outcomes: the k kept tokens, and the tail
+# bucket that holds each model's mass on every other token. The student's tail is computed from
+# its full distribution, so no mass is dropped or renormalised: with k equal to the vocabulary the
+# tail is empty and the losses equal the dense ones in value and gradient. Each divergence over
+# the buckets is at most the divergence over the full vocabulary (grouping outcomes never
+# increases a divergence), with equality when the tail is empty.
+
+TAIL_FLOOR = -1.0e4  # log-probability of an empty tail; exp() of it is exactly 0 in float32
+
+
+class TopK:
+    """A teacher's sparse soft labels for a batch: ``logprobs`` and ``ids`` ``(..., k)``, ``tail``
+    ``(...)`` the log of the probability mass outside the k tokens (-inf or below when none)."""
+
+    def __init__(self, logprobs: Tensor, ids: Tensor, tail: Tensor):
+        self.logprobs, self.ids, self.tail = logprobs, ids, tail
+
+    def __getitem__(self, index: Any) -> TopK:
+        return TopK(self.logprobs[index], self.ids[index], self.tail[index])
+
+    def reshape(self, items: int) -> TopK:
+        k = self.ids.shape[-1]
+        return TopK(self.logprobs.reshape(items, k), self.ids.reshape(items, k), self.tail.reshape(items))
+
+
+def top_k_of(teacher_logits: Tensor, k: int, temperature: float) -> TopK:
+    """The top-k soft labels of dense teacher logits at ``temperature`` (what a store keeps)."""
+    t = _log_probs(teacher_logits, temperature)
+    logprobs, ids = t.topk(min(k, t.shape[-1]), dim=-1)
+    return TopK(logprobs, ids, _tail(t, ids))
+
+
+def _tail(log_probs: Tensor, ids: Tensor) -> Tensor:
+    """``log Σ_{j not in ids} p_j``, from the full log-probabilities, floored at TAIL_FLOOR."""
+    rest = log_probs.scatter(-1, ids, torch.finfo(log_probs.dtype).min)
+    return torch.logsumexp(rest, dim=-1).clamp(min=TAIL_FLOOR)
+
+
+def _buckets(student_logits: Tensor, teacher: TopK, temperature: float) -> tuple[Tensor, Tensor]:
+    """Both models' log-probabilities over the k kept tokens and the tail bucket, ``(..., k + 1)``."""
+    s = _log_probs(student_logits, temperature)
+    ids = teacher.ids.long()
+    s_buckets = torch.cat([s.gather(-1, ids), _tail(s, ids).unsqueeze(-1)], dim=-1)
+    t_tail = teacher.tail.float().clamp(min=TAIL_FLOOR).unsqueeze(-1)
+    t_buckets = torch.cat([teacher.logprobs.float(), t_tail], dim=-1)
+    return s_buckets, t_buckets
+
+
+def sparse_soft_kl(
+    student_logits: Tensor, teacher: TopK, *, temperature: float, mask: Tensor | None = None
+) -> Tensor:
+    """Forward KL over the teacher's top-k tokens and the tail bucket, ``T² · Σ_items``."""
+    s, t = _buckets(student_logits, teacher, temperature)
+    return temperature**2 * _masked_sum(_kl(t, s), mask)
+
+
+def sparse_reverse_kl(
+    student_logits: Tensor, teacher: TopK, *, temperature: float, mask: Tensor | None = None
+) -> Tensor:
+    """Reverse KL over the teacher's top-k tokens and the tail bucket, ``T² · Σ_items``."""
+    s, t = _buckets(student_logits, teacher, temperature)
+    return temperature**2 * _masked_sum(_kl(s, t), mask)
+
+
+def sparse_jsd(
+    student_logits: Tensor,
+    teacher: TopK,
+    *,
+    temperature: float,
+    beta: float = 0.5,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """``JSD_β`` over the teacher's top-k tokens and the tail bucket (β = 0, 1: the KL limits)."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if beta == 0.0:
+        return sparse_soft_kl(student_logits, teacher, temperature=temperature, mask=mask)
+    if beta == 1.0:
+        return sparse_reverse_kl(student_logits, teacher, temperature=temperature, mask=mask)
+    s, t = _buckets(student_logits, teacher, temperature)
+    return temperature**2 * _masked_sum(_jsd(s, t, beta), mask)
 
 
 SOFT_LOSSES = {"kl": soft_kl, "reverse_kl": reverse_kl, "jsd": jsd}
+SPARSE_SOFT_LOSSES = {"kl": sparse_soft_kl, "reverse_kl": sparse_reverse_kl, "jsd": sparse_jsd}
 HIDDEN_LOSSES = {"mse": hidden_mse, "cosine": hidden_cosine}
