@@ -148,7 +148,11 @@ class _ChunkedKDMix(torch.autograd.Function):
         flat_s = student_logits.reshape(-1, classes)
         items = flat_s.shape[0]
         # dense logits, or a sparse/lazy teacher (TopK, TeacherHead) sliced the same way
-        flat_t = teacher_logits.reshape(-1, classes) if isinstance(teacher_logits, Tensor) else teacher_logits.reshape(items)
+        flat_t = (
+            teacher_logits.reshape(-1, classes)
+            if isinstance(teacher_logits, Tensor)
+            else teacher_logits.reshape(items)
+        )
         flat_y = labels.reshape(-1)
         grad = torch.empty_like(flat_s)
         soft_total = flat_s.new_zeros((), dtype=torch.float32)
