@@ -72,6 +72,10 @@ class TeacherConfig:
     train: FinetuneConfig = field(
         default_factory=FinetuneConfig
     )  # with architecture: the stage that trains it
+    cache: bool = False  # compute the teacher's outputs once into a store; the student reads them
+    cache_top_k: int = 32  # token-level tasks: teacher tokens kept per target token (+ a tail bucket)
+    cache_dir: str = ""  # where the store is (default OUTPUT/teacher_outputs); runs may share one
+    cache_shard_size: int = 1024  # examples per shard: the unit of resume and of the split between processes
 
     def check(self, key: str) -> None:
         if self.architecture:
@@ -93,6 +97,8 @@ class TeacherConfig:
                 f"{key}.train: only for a teacher built from {key}.architecture; use {key}.finetune"
             )
         one_of(f"{key}.dtype", self.dtype, TEACHER_DTYPES)
+        positive(f"{key}.cache_top_k", self.cache_top_k)
+        positive(f"{key}.cache_shard_size", self.cache_shard_size)
         self.finetune.check(f"{key}.finetune")
         self.train.check(f"{key}.train")
 
@@ -374,6 +380,15 @@ class RecipeConfig:
                 raise DistillError(
                     "loss.hidden_weight: hidden-state losses are for classification only, so far"
                 )
+        if self.teacher.cache and self.loss.hidden_weight > 0:
+            raise DistillError(
+                "teacher.cache: the store keeps the teacher's outputs, not its hidden states; "
+                "set loss.hidden_weight=0 or teacher.cache=false"
+            )
+        if self.teacher.cache and self.loss.alpha == 0:
+            raise DistillError(
+                "teacher.cache: loss.alpha is 0, so no soft labels are used; set teacher.cache=false"
+            )
 
 
 # --- loading -----------------------------------------------------------------------------------

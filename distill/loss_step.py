@@ -3,14 +3,27 @@ and no-teacher baselines alike. The loop (:mod:`distill.loop`) runs it; it is te
 
 from __future__ import annotations
 
+import logging
 from types import ModuleType
 
 import torch
 from torch import Tensor, nn
 
 from distill.config import LossConfig
-from distill.losses import HIDDEN_LOSSES, SOFT_LOSSES, chunked_kd_mix, hard_ce, kd_mix
-from distill.modeling import HiddenProjection
+from distill.losses import (
+    HIDDEN_LOSSES,
+    SOFT_LOSSES,
+    SPARSE_SOFT_LOSSES,
+    TeacherHead,
+    TopK,
+    chunked_kd_mix,
+    hard_ce,
+    kd_mix,
+)
+from distill.modeling import HiddenProjection, teacher_head
+from distill.teacher_store import ROW, TeacherStore
+
+log = logging.getLogger(__name__)
 
 LOGGED_TERMS = ("loss", "hard", "soft", "hidden", "items")
 
@@ -28,37 +41,70 @@ class LossStep:
         loss: LossConfig | None = None,
         teacher: nn.Module | None = None,
         projection: HiddenProjection | None = None,
+        store: TeacherStore | None = None,
     ):
         self.task = task
         self.loss = loss
         self.teacher = teacher
         self.projection = projection
-        self.use_soft = teacher is not None and loss is not None and loss.alpha > 0
+        self.store = store
+        has_teacher = teacher is not None or store is not None
+        self.use_soft = has_teacher and loss is not None and loss.alpha > 0
         self.use_hidden = teacher is not None and loss is not None and loss.hidden_weight > 0
         if self.use_hidden and projection is None:
             raise ValueError("a hidden-state loss needs a HiddenProjection")
+        self.head_checked: bool | None = None  # the teacher's logits from its head match its own?
+
+    def _teacher_logits(self, inputs: dict[str, Tensor], chunked: bool) -> Tensor | TeacherHead:
+        """The online teacher's logits; for chunked per-token KD, its last hidden states and output
+        head instead (no [tokens, vocabulary] tensor), once checked to give the model's logits."""
+        assert self.teacher is not None
+        with torch.inference_mode():
+            if chunked and self.head_checked is not False:
+                lazy = teacher_head(self.teacher, inputs)
+                if self.head_checked is None:
+                    full = self.teacher(**inputs).logits
+                    self.head_checked = lazy is not None and torch.allclose(
+                        lazy[(slice(None),) * (full.ndim - 1)].float(), full.float(), rtol=1e-3, atol=1e-3
+                    )
+                    if not self.head_checked:
+                        log.info("the teacher's output head is not a plain projection: using its full logits")
+                        return full
+                return lazy
+            return self.teacher(**inputs).logits
 
     def __call__(self, student: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         labels = batch["labels"]
-        inputs = self.task.model_inputs(batch)
+        inputs = {k: v for k, v in self.task.model_inputs(batch).items() if k != ROW}
+        loss = self.loss
+        per_token_chunked = (
+            self.use_soft and labels.ndim == 2 and loss.chunk_tokens > 0 and not self.use_hidden
+        )
         teacher_out = None
-        if self.use_soft or self.use_hidden:
+        teacher_logits: Tensor | TopK | TeacherHead | None = None
+        if self.store is not None and self.use_soft:
+            teacher_logits = self.store.batch(batch[ROW], labels)
+        elif self.use_hidden:
             assert self.teacher is not None
             # The teacher runs first, so its activations are freed before the student's are built.
             with torch.inference_mode():
-                teacher_out = self.teacher(**inputs, output_hidden_states=self.use_hidden)
+                teacher_out = self.teacher(**inputs, output_hidden_states=True)
+            teacher_logits = teacher_out.logits
+        elif self.use_soft:
+            teacher_logits = self._teacher_logits(inputs, per_token_chunked)
         student_out = student(**inputs, output_hidden_states=self.use_hidden)
         mask = labels != -100  # (batch,) for classification, (batch, target_len) for seq2seq
         items = mask.sum()
-        loss = self.loss
         kwargs = {"beta": loss.jsd_beta} if loss is not None and loss.soft == "jsd" else {}
-        if self.use_soft and student_out.logits.ndim == 3 and loss.chunk_tokens > 0 and not self.use_hidden:
+        sparse = isinstance(teacher_logits, TopK)
+        soft_fn = (SPARSE_SOFT_LOSSES if sparse else SOFT_LOSSES)[loss.soft] if loss is not None else None
+        if per_token_chunked:
             # Per-token KD over a large vocabulary: soft and hard losses in one chunked pass
             # (see losses.chunked_kd_mix); no full float32 [tokens, vocab] copies.
             total, soft, hard = chunked_kd_mix(
-                SOFT_LOSSES[loss.soft],
+                soft_fn,
                 student_out.logits,
-                teacher_out.logits,
+                teacher_logits,
                 labels,
                 alpha=loss.alpha,
                 chunk=loss.chunk_tokens,
@@ -75,14 +121,17 @@ class LossStep:
         hard = hard_ce(student_out.logits, labels)
         zero = hard.new_zeros(())
         out = {"hard": hard, "soft": zero, "hidden": zero, "items": items}
-        if teacher_out is None:
+        if teacher_logits is None:
             out["loss"] = hard
             return out
         assert loss is not None
         if self.use_soft:
-            # clone(): inference tensors cannot be saved for backward; a copy made outside can.
-            teacher_logits = teacher_out.logits.clone()
-            out["soft"] = SOFT_LOSSES[loss.soft](
+            if isinstance(teacher_logits, TeacherHead):
+                teacher_logits = teacher_logits[(slice(None),) * (labels.ndim + 1)]
+            if isinstance(teacher_logits, Tensor):
+                # clone(): inference tensors cannot be saved for backward; a copy made outside can.
+                teacher_logits = teacher_logits.clone()
+            out["soft"] = soft_fn(
                 student_out.logits, teacher_logits, temperature=loss.temperature, mask=mask, **kwargs
             )
         total = kd_mix(out["soft"], hard, alpha=self.loss.alpha)

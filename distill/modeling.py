@@ -22,6 +22,7 @@ from torch import nn
 
 from distill.config import StudentConfig
 from distill.errors import DistillError
+from distill.losses import TeacherHead
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -335,3 +336,44 @@ def _special_tokens(tok: Any) -> dict[str, tuple[str, int] | None]:
         token = getattr(tok, name, None)
         out[name] = None if token is None else (str(token), tok.convert_tokens_to_ids(str(token)))
     return out
+
+
+class _HeadReached(Exception):
+    """Raised by a hook at the teacher's output head: the forward pass stops there."""
+
+
+def teacher_head(model: nn.Module, inputs: dict[str, torch.Tensor]) -> TeacherHead | None:
+    """The model's logits as its last hidden states and its output head, computed only when
+    sliced (:class:`distill.losses.TeacherHead`).
+
+    The forward pass runs up to the output layer (``get_output_embeddings()``), whose input is
+    captured as it is, after whatever the family does to it first (T5 rescales it for its tied
+    embeddings); the family's bias after the layer (Marian's and BART's ``final_logits_bias``) is
+    added to each slice. :class:`distill.loss_step.LossStep` checks once that the result equals the
+    model's own logits, and uses those otherwise (``None``: the family has no such layer).
+    """
+    head = model.get_output_embeddings()
+    if head is None:
+        return None
+    captured: dict[str, torch.Tensor] = {}
+
+    def stop(module: nn.Module, args: tuple) -> None:
+        captured["hidden"] = args[0]
+        raise _HeadReached
+
+    handle = head.register_forward_pre_hook(stop)
+    try:
+        model(**inputs)
+    except _HeadReached:
+        pass
+    finally:
+        handle.remove()
+    if "hidden" not in captured:  # the forward pass never reached the layer
+        return None
+    bias = getattr(model, "final_logits_bias", None)
+
+    def logits(hidden: torch.Tensor) -> torch.Tensor:
+        out = head(hidden)
+        return out + bias.to(out.dtype) if bias is not None else out
+
+    return TeacherHead(captured["hidden"], logits)

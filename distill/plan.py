@@ -19,7 +19,7 @@ from accelerate.utils import set_seed
 from datasets import DatasetDict
 from transformers import AutoConfig, AutoTokenizer
 
-from distill import checks, tasks
+from distill import checks, tasks, teacher_store
 from distill.artefacts import is_model_folder, read_record
 from distill.config import RecipeConfig, check_against_teacher
 from distill.data import load_raw
@@ -33,8 +33,8 @@ from distill.modeling import (
     num_layers,
     student_config,
 )
-from distill.run_folder import TEACHER_DIR
-from distill.teachers import new_teacher_config, stage_settings
+from distill.run_folder import STORE_DIR, TEACHER_DIR
+from distill.teachers import new_teacher_config, stage_settings, store_settings
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,8 @@ def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
         )
         checks.tokenizer_ready(student_tok, "student")
         check_same_tokenizer(tokenizer, student_tok)
+    if cfg.teacher.cache:  # a store of other settings is refused now, not after the teacher's stage
+        teacher_store.check_settings(store_folder(cfg), store_settings(cfg))
     plan = Plan(cfg, task, splits, label_names, tokenizer, teacher_config, reuse, processes)
     # A new task head is initialised while loading a teacher that is fine-tuned here.
     set_seed(cfg.teacher.stage.seed if cfg.teacher.stage.enabled else cfg.train.seed)
@@ -173,3 +175,8 @@ def set_labels(model: torch.nn.Module, names: list[str] | None) -> None:
         return
     model.config.id2label = dict(enumerate(names))
     model.config.label2id = {n: i for i, n in enumerate(names)}
+
+
+def store_folder(cfg: RecipeConfig) -> Path:
+    """Where ``teacher.cache`` keeps the teacher's outputs."""
+    return Path(cfg.teacher.cache_dir) if cfg.teacher.cache_dir else Path(cfg.output.dir) / STORE_DIR

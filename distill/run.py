@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from datasets import DatasetDict, concatenate_datasets
 
-from distill import atomic, checks, run_folder
+from distill import atomic, checks, run_folder, teacher_store
 from distill.artefacts import (
     RECORD,
     check_reload,
@@ -44,11 +44,18 @@ from distill.modeling import (
     hidden_size,
     num_layers,
 )
-from distill.plan import FINETUNE_MARKER, Plan, prepare, set_labels
+from distill.plan import FINETUNE_MARKER, Plan, prepare, set_labels, store_folder
 from distill.report import REPORT_FILES, console_summary, write_report
-from distill.run_folder import BASELINE_DIR, PSEUDO_DIR, RUN_RECORD, STAGES_DIR, STUDENT_DIR, TEACHER_DIR
+from distill.run_folder import (
+    BASELINE_DIR,
+    PSEUDO_DIR,
+    RUN_RECORD,
+    STAGES_DIR,
+    STUDENT_DIR,
+    TEACHER_DIR,
+)
 from distill.seqkd import pseudo_targets
-from distill.teachers import pseudo_settings, stage_settings
+from distill.teachers import pseudo_settings, stage_settings, store_settings
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +126,26 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
             pseudo if cfg.loss.sequence_kd == "replace" else concatenate_datasets([train_split, pseudo])
         )
 
+    if cfg.teacher.cache:
+        # The teacher's outputs over what the student trains on, computed once (or read back);
+        # the student stage then reads them and never runs the teacher.
+        train_split = train_split.add_column(teacher_store.ROW, list(range(len(train_split))))
+        store = teacher_store.build(
+            accelerator,
+            teacher,
+            train_split,
+            collate,
+            task.model_inputs,
+            store_folder(cfg),
+            settings=store_settings(cfg),
+            top_k=cfg.teacher.cache_top_k if cfg.task != "classification" else 0,
+            temperature=cfg.loss.temperature,
+            batch_size=cfg.eval.batch_size,
+            chunk=cfg.teacher.cache_shard_size,
+        )
+        teacher.to("cpu")  # the student stage does not need it on the device
+        loss_step = LossStep(task, cfg.loss, store=store)
+
     def train_student(name: str, model: torch.nn.Module, step: LossStep, dataset: Any, folder: str):
         """One student stage (distill, baseline) from the same seeded state, saved to OUTPUT/folder
         and reloaded from there; a stage finished earlier is read back instead."""
@@ -135,6 +162,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         return saved, result
 
     student, result = train_student("distill", student, loss_step, train_split, STUDENT_DIR)
+    teacher.to(accelerator.device)  # for the report (a cached teacher was kept off the device)
 
     entries = [
         Entry("teacher", "teacher", teacher, _teacher_source(cfg)),

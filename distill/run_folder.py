@@ -23,6 +23,7 @@ STUDENT_DIR = "student"  # the final student: save_pretrained + tokenizer
 BASELINE_DIR = "baseline"  # train.baseline: the same student trained without the teacher
 STAGES_DIR = "stages"  # per-stage checkpoints and completion records
 PSEUDO_DIR = "pseudo_targets"  # sequence-level KD: the teacher's outputs for the training sources
+STORE_DIR = "teacher_outputs"  # teacher.cache: the teacher's soft labels for the training split
 RUN_RECORD = RECORD  # OUTPUT/complete.json, written last of all: the run is finished
 CONFIG_FILE = "config.yaml"  # the resolved recipe, written first: a run was started here
 # What a run makes after its teacher: replaced by output.overwrite, never mixed with another run's.
@@ -75,6 +76,8 @@ def open_for_run(out: Path, cfg: RecipeConfig) -> None:
                 atomic.remove(out / name)
             if read_record(out / PSEUDO_DIR / RECORD) is None:
                 atomic.remove(out / PSEUDO_DIR)  # unfinished outputs, perhaps of other settings
+            if read_record(out / STORE_DIR / RECORD) is None:
+                atomic.remove(out / STORE_DIR)
         atomic.clean_leftovers(out, recursive=True)  # a kill can fall inside any write
     atomic.write_text(out / CONFIG_FILE, dump_yaml(cfg))
 

@@ -89,3 +89,21 @@ def pseudo_settings(cfg: RecipeConfig) -> dict[str, Any]:
         }
     )
     return settings
+
+
+def store_settings(cfg: RecipeConfig) -> dict[str, Any]:
+    """What decides the stored teacher outputs besides the teacher's weights and the data."""
+    settings: dict[str, Any] = {
+        "task": cfg.task,
+        "teacher.dtype": cfg.teacher.dtype,
+        "data.max_length": cfg.data.max_length,
+    }
+    if cfg.task != "classification":  # top-k log-probabilities at the recipe's temperature
+        settings.update(
+            {
+                "data.max_target_length": cfg.data.max_target_length,
+                "teacher.cache_top_k": cfg.teacher.cache_top_k,
+                "loss.temperature": cfg.loss.temperature,
+            }
+        )
+    return settings

@@ -1,0 +1,284 @@
+"""The teacher's outputs as a stored artefact: computed once, read by every student stage after.
+
+With ``teacher.cache: true`` the teacher runs over the student's training split once, before the
+student stage, and writes what the soft loss needs into ``OUTPUT/teacher_outputs/`` (or
+``teacher.cache_dir``, to share one store between the runs of a sweep):
+
+- classification: the full logits, ``[examples, labels]`` (a few numbers per example);
+- translation (every token-level task): for each real target token, the log-probabilities at
+  ``loss.temperature`` of the teacher's ``teacher.cache_top_k`` most likely tokens, their ids, and
+  the log of the probability left over (the tail), which the sparse losses keep as a bucket of its
+  own (:mod:`distill.losses`).
+
+Format: safetensors shards, one per ``chunk`` examples. Safetensors rather than Arrow because the
+store is a handful of dense tensors per shard (tokens are flattened, with per-example offsets):
+they load without copies or pickling, and a shard is one file whose SHA-256 is recorded beside it.
+
+The store is keyed by a fingerprint of the teacher's weights (as it runs: after the cast to
+``teacher.dtype``), the tokenized training data and the settings that change the outputs; a store
+made otherwise is refused in one line, never silently reused. Shards are written atomically, each
+followed by its record (size and SHA-256): a killed build continues with the missing or damaged
+shards. Under ``accelerate launch``/``torchrun`` each process computes and writes its own shards
+(shard i by process i mod N); the first process writes ``complete.json`` last, after all are
+written. A student stage that finds a complete store does not run the teacher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from datasets import Dataset
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from distill import atomic
+from distill.errors import DistillError
+from distill.losses import TopK, top_k_of
+
+log = logging.getLogger(__name__)
+
+ROW = "row"  # the column of the student's training split that indexes the store
+COMPLETE = "complete.json"
+SETTINGS = "settings.json"  # written first: what the shards in the folder are made with
+TOKEN_CHUNK = 4096  # target tokens turned into top-k at a time (bounds the float32 log-softmax)
+
+
+def fingerprint(teacher: torch.nn.Module, dataset: Dataset, settings: dict[str, Any]) -> dict[str, Any]:
+    """What decides the stored outputs: the settings, and SHA-256 digests of the teacher's weights
+    (each tensor's bytes and dtype, in ``state_dict`` order) and of the tokenized data."""
+    weights = hashlib.sha256()
+    for name, tensor in teacher.state_dict().items():
+        weights.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        weights.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    data = hashlib.sha256()
+    columns = [
+        c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in dataset.column_names
+    ]
+    for column in columns:
+        data.update(column.encode())
+        for batch in dataset.select_columns([column]).with_format("numpy").iter(batch_size=4096):
+            for value in batch[column]:
+                data.update(np.asarray(value, dtype=np.int64).tobytes() + b"|")
+    return {
+        **settings,
+        "examples": len(dataset),
+        "teacher_weights": weights.hexdigest(),
+        "data": data.hexdigest(),
+    }
+
+
+def check_settings(folder: Path, settings: dict[str, Any]) -> None:
+    """Refuse a store folder whose recorded settings differ from ``settings`` (validate's part of
+    the check; the teacher's weights and the data are compared when the run builds the store)."""
+    recorded = atomic.read_json(folder / SETTINGS)
+    if not isinstance(recorded, dict):
+        return
+    current = atomic.strict(settings)
+    changed = sorted(k for k in current if recorded.get(k) != current[k])
+    if changed:
+        raise DistillError(
+            f"{folder} holds teacher outputs made with other settings ({', '.join(changed)} changed); "
+            "delete it or set teacher.cache_dir to another folder"
+        )
+
+
+class TeacherStore:
+    """A complete store, read into memory; :meth:`batch` gives a batch's teacher outputs."""
+
+    def __init__(self, folder: Path, top_k: bool):
+        self.folder = folder
+        self.top_k = top_k
+        record = atomic.read_json(folder / COMPLETE) or {}
+        shards = [load_file(str(folder / name)) for name in record.get("shards", [])]
+        rows = torch.cat([s["rows"] for s in shards])
+        order = torch.argsort(rows)
+        if not torch.equal(rows[order], torch.arange(len(rows))):
+            raise DistillError(f"{folder}: the shards do not cover the training split; delete the folder")
+        if not top_k:
+            self.logits = torch.cat([s["logits"] for s in shards])[order]
+            self.bytes = self.logits.numel() * self.logits.element_size()
+            return
+        lengths = torch.cat([s["offsets"].diff() for s in shards])
+        self.logprobs = torch.cat([s["logprobs"] for s in shards])
+        self.ids = torch.cat([s["ids"] for s in shards])
+        self.tail = torch.cat([s["tail"] for s in shards])
+        starts = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
+        self.start, self.length = starts[order], lengths[order]  # by row
+        self.bytes = sum(t.numel() * t.element_size() for t in (self.logprobs, self.ids, self.tail))
+
+    @property
+    def tokens(self) -> int:
+        return int(self.length.sum()) if self.top_k else len(self.logits)
+
+    def batch(self, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | TopK:
+        """Teacher outputs laid out like the student's logits: ``[batch, labels]`` logits, or a
+        :class:`TopK` with ``[batch, target_len, k]`` entries at the real target tokens."""
+        rows = rows.cpu()
+        if not self.top_k:
+            return self.logits[rows].to(labels.device)
+        mask = labels != -100
+        counts = mask.sum(-1).cpu()
+        if not torch.equal(counts, self.length[rows]):
+            raise DistillError(
+                f"{self.folder}: stored target lengths differ from the batch's; delete the folder"
+            )
+        index = torch.cat(
+            [torch.arange(s, s + n) for s, n in zip(self.start[rows].tolist(), counts.tolist(), strict=True)]
+        )
+        k = self.ids.shape[-1]
+        logprobs = torch.zeros(*labels.shape, k, dtype=self.logprobs.dtype)
+        ids = torch.zeros(*labels.shape, k, dtype=self.ids.dtype)
+        tail = torch.zeros(*labels.shape, dtype=self.tail.dtype)
+        where = mask.cpu()
+        logprobs[where], ids[where], tail[where] = self.logprobs[index], self.ids[index], self.tail[index]
+        device = labels.device
+        return TopK(logprobs.to(device), ids.to(device), tail.to(device))
+
+
+def build(
+    accelerator: Accelerator,
+    teacher: torch.nn.Module,
+    dataset: Dataset,
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    model_inputs: Callable[[dict[str, Any]], dict[str, torch.Tensor]],
+    folder: Path,
+    *,
+    settings: dict[str, Any],
+    top_k: int,
+    temperature: float,
+    batch_size: int,
+    chunk: int = 1024,
+) -> TeacherStore:
+    """The complete store of the teacher's outputs over ``dataset`` in ``folder``: read if it is
+    there (verified), else computed (continuing an interrupted build)."""
+    key = fingerprint(teacher, dataset, settings)
+    n_shards = (len(dataset) + chunk - 1) // chunk
+    names = [f"shard_{i:05d}.safetensors" for i in range(n_shards)]
+    recorded = atomic.read_json(folder / SETTINGS)
+    if recorded is not None and recorded != atomic.strict(key):
+        changed = sorted(k for k in set(recorded) | set(key) if recorded.get(k) != atomic.strict(key).get(k))
+        raise DistillError(
+            f"{folder} holds teacher outputs made with other settings ({', '.join(changed)} changed); "
+            "delete it or set teacher.cache_dir to another folder"
+        )
+    if accelerator.is_main_process:
+        with atomic.disk_errors(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic.clean_leftovers(folder)
+        if recorded is None:
+            atomic.write_json(folder / SETTINGS, key)
+    accelerator.wait_for_everyone()
+    intact = [i for i, name in enumerate(names) if _intact(folder, name)]
+    todo = [i for i in range(n_shards) if i not in set(intact)]
+    for i in todo:
+        if (folder / names[i]).exists():
+            log.warning("%s: damaged or unfinished, computed again", folder / names[i])
+    mine = [i for i in todo if i % accelerator.num_processes == accelerator.process_index]
+    if todo:
+        accelerator.print(
+            f"teacher outputs: {len(intact)} of {n_shards} shards stored, computing {len(todo)}"
+        )
+        teacher.to(accelerator.device)
+        progress = tqdm(
+            total=sum(min(chunk, len(dataset) - i * chunk) for i in mine),
+            desc="teacher outputs",
+            disable=not accelerator.is_local_main_process,
+            dynamic_ncols=True,
+        )
+        try:
+            for i in mine:
+                rows = list(range(i * chunk, min((i + 1) * chunk, len(dataset))))
+                tensors = _compute(
+                    accelerator, teacher, dataset, rows, collate, model_inputs, top_k, temperature, batch_size
+                )
+                _write_shard(folder, names[i], tensors)
+                progress.update(len(rows))
+        finally:
+            progress.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and (todo or atomic.read_json(folder / COMPLETE) is None):
+        missing = [name for name in names if not _intact(folder, name)]
+        if missing:
+            raise DistillError(f"{folder}: shards missing after the teacher's pass ({missing[0]}, ...)")
+        atomic.write_json(folder / COMPLETE, {"shards": names, **key})
+    accelerator.wait_for_everyone()
+    store = TeacherStore(folder, top_k=top_k > 0)
+    per = f", {store.bytes / max(store.tokens, 1):.0f} bytes per target token" if top_k else ""
+    accelerator.print(f"teacher outputs: {folder} ({store.bytes / 2**20:.1f} MiB in memory{per})")
+    return store
+
+
+def _intact(folder: Path, name: str) -> bool:
+    record = atomic.read_json(folder / f"{name}.json")
+    path = folder / name
+    if not isinstance(record, dict) or not path.is_file() or path.stat().st_size != record.get("size"):
+        return False
+    return _sha256(path) == record.get("sha256")
+
+
+def _write_shard(folder: Path, name: str, tensors: dict[str, torch.Tensor]) -> None:
+    path = folder / name
+    tmp = path.with_name(f"{atomic.PARTIAL}{name}")
+    with atomic.disk_errors(path):
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    atomic.write_json(folder / f"{name}.json", {"size": path.stat().st_size, "sha256": _sha256(path)})
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@torch.inference_mode()
+def _compute(
+    accelerator: Accelerator,
+    teacher: torch.nn.Module,
+    dataset: Dataset,
+    rows: list[int],
+    collate: Callable,
+    model_inputs: Callable,
+    top_k: int,
+    temperature: float,
+    batch_size: int,
+) -> dict[str, torch.Tensor]:
+    """One shard: the teacher's outputs for ``rows``, in order."""
+    teacher.eval()
+    logits_out, logprobs, ids, tails, lengths = [], [], [], [], []
+    for start in range(0, len(rows), batch_size):
+        batch = collate([dataset[r] for r in rows[start : start + batch_size]])
+        inputs = {
+            k: v.to(accelerator.device) for k, v in model_inputs(batch).items() if isinstance(v, torch.Tensor)
+        }
+        logits = teacher(**inputs).logits
+        if not top_k:
+            logits_out.append(logits.float().cpu())
+            continue
+        mask = batch["labels"].to(logits.device) != -100
+        lengths.append(mask.sum(-1).cpu())
+        real = logits[mask]  # [tokens, vocabulary], in row order
+        for part in range(0, len(real), TOKEN_CHUNK):
+            top = top_k_of(real[part : part + TOKEN_CHUNK], top_k, temperature)
+            logprobs.append(top.logprobs.cpu())
+            ids.append(top.ids.to(torch.int32).cpu())
+            tails.append(top.tail.cpu())
+    out = {"rows": torch.tensor(rows, dtype=torch.long)}
+    if not top_k:
+        out["logits"] = torch.cat(logits_out)
+        return out
+    out["offsets"] = torch.cat([torch.zeros(1, dtype=torch.long), torch.cat(lengths).cumsum(0)])
+    out.update(logprobs=torch.cat(logprobs), ids=torch.cat(ids), tail=torch.cat(tails))
+    return out
