@@ -142,3 +142,35 @@ def test_two_processes_checkpoint_every_step_and_resume_after_sigterm(tmp_path, 
     assert all(torch.equal(a[k], b[k]) for k in a)
     history = [json.loads((d / "results.json").read_text())["history"] for d in (straight, stopped)]
     assert history[0] == history[1]
+
+
+def test_two_processes_build_the_same_teacher_store_each_writing_its_shards(tmp_path, data_csv):
+    from safetensors.torch import load_file
+
+    teacher = save_tiny_bert(tmp_path / "teacher", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    raw = recipe_dict(
+        teacher,
+        data_csv,
+        tmp_path / "unused",
+        teacher={"name_or_path": str(teacher), "cache": True, "cache_shard_size": 50},
+        train={"steps": 4, "learning_rate": 3e-3},
+        eval={"batch_size": 8, "latency": False},
+    )
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    one, two = tmp_path / "one", tmp_path / "two"
+    launch(
+        [sys.executable, "-m", "distill.cli", "run", str(recipe), f"output.dir={one}", "train.batch_size=8"],
+        tmp_path,
+    )
+    proc = launch(torchrun(recipe, two, "train.batch_size=4"), tmp_path)
+    assert "teacher outputs: 0 of 7 shards stored, computing 7" in proc.stdout
+    a = sorted((one / "teacher_outputs").glob("shard_*.safetensors"))
+    b = sorted((two / "teacher_outputs").glob("shard_*.safetensors"))
+    assert [p.name for p in a] == [p.name for p in b] and len(a) == 7  # 320 examples in shards of 50
+    for x, y in zip(a, b, strict=True):
+        tx, ty = load_file(str(x)), load_file(str(y))
+        assert torch.equal(tx["rows"], ty["rows"])
+        assert torch.allclose(tx["logits"], ty["logits"], atol=1e-6), x.name
+    la = [h["train/loss"] for h in _history(one)]
+    lb = [h["train/loss"] for h in _history(two)]
+    assert la == pytest.approx(lb, rel=1e-4)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import (
     recipe_dict,
@@ -115,8 +116,9 @@ def stage_reached(out: Path) -> str:
     finetunes = yaml.safe_load((out / "config.yaml").read_text())["teacher"]["finetune"]["enabled"]
     if finetunes and not (out / "teacher" / "distill_finetune.json").is_file():
         return "teacher"
-    if (out / "pseudo_targets").is_dir() and not (out / "pseudo_targets" / "complete.json").is_file():
-        return "teacher outputs"
+    for store in ("pseudo_targets", "teacher_outputs"):
+        if (out / store).is_dir() and not (out / store / "complete.json").is_file():
+            return "teacher outputs"
     if not (out / "stages" / "distill" / "complete.json").is_file():
         return "student"
     if not (out / "stages" / "baseline" / "complete.json").is_file():
@@ -175,7 +177,7 @@ def interrupt(cmd: list[str], out: Path, trial: Trial, environment: dict) -> sub
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
-def run_trial(index: int, trial: Trial, setup) -> dict:
+def run_trial(index: int, trial: Trial, setup, keep: bool = False) -> dict:
     tmp, recipe, reference, _ = setup
     out = tmp / f"trial{index}"
     jitter = random.Random(f"{SEED}-{index}").uniform(0.0, 0.05)
@@ -197,7 +199,8 @@ def run_trial(index: int, trial: Trial, setup) -> dict:
     outcome["leftovers"] = [str(p.relative_to(out)) for p in out.rglob(".partial_*")] + [
         str(p.relative_to(out)) for p in out.rglob(".old_*")
     ]
-    shutil.rmtree(out)
+    if not keep:
+        shutil.rmtree(out)
     return outcome
 
 
@@ -406,4 +409,59 @@ def test_interrupted_teacher_outputs_resume_to_the_same_weights(seq_setup):
         assert not o["leftovers"], (f"DISTILL_FAULT_SEED={SEED}", o["trial"], o["leftovers"])
     stages = [o["stage"] for o in outcomes]
     print(f"\n{len(outcomes)} interrupted translation runs, all resumed bit-identical; stopped in: {stages}")
+    assert "teacher outputs" in stages, stages
+
+
+@pytest.fixture(scope="module")
+def store_setup(tmp_path_factory):
+    """Translation with teacher.cache: top-8 soft labels in shards of 40 examples (14 shards)."""
+    tmp = tmp_path_factory.mktemp("storefaults")
+    teacher = save_tiny_marian(tmp / "teacher")
+    data = write_csv(tmp / "pairs.csv", translation_rows(600))
+    raw = translation_recipe(
+        teacher,
+        data,
+        tmp / "unused",
+        teacher={"cache": True, "cache_top_k": 8, "cache_shard_size": 40},
+        train={"steps": 6, "checkpoint_every": 1, "keep_checkpoints": 2, "log_every": 4},
+        eval={"latency": False},
+    )
+    recipe = write_recipe(tmp / "r.yaml", raw)
+    reference = tmp / "reference"
+    proc = subprocess.run(
+        command(recipe, reference), env=env(tmp), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, recipe, reference, 0.0
+
+
+STORE_TRIALS = [
+    Trial("teacher_outputs/settings.json", 0.0),
+    Trial("teacher_outputs/shard_00002.safetensors", 0.0),
+    Trial("teacher_outputs/shard_00006.safetensors.json", 0.01, signal.SIGTERM),
+    Trial("teacher_outputs/complete.json", 0.0),
+]
+
+
+def test_interrupted_teacher_store_resumes_to_the_same_store_and_weights(store_setup):
+    from safetensors.torch import load_file
+
+    tmp, _, reference, _ = store_setup
+
+    def shards(folder):
+        return {p.name: load_file(str(p)) for p in sorted(folder.glob("shard_*.safetensors"))}
+
+    expected = shards(reference / "teacher_outputs")
+    assert len(expected) == 14
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(lambda it: run_trial(*it, store_setup, keep=True), enumerate(STORE_TRIALS)))
+    for index, o in enumerate(outcomes):
+        assert not o["problems"], (f"DISTILL_FAULT_SEED={SEED}", o["trial"], o["stage"], o["problems"])
+        assert not o["leftovers"], (f"DISTILL_FAULT_SEED={SEED}", o["trial"], o["leftovers"])
+        got = shards(tmp / f"trial{index}" / "teacher_outputs")
+        assert got.keys() == expected.keys()
+        for name, tensors in got.items():
+            assert all(torch.equal(tensors[k], expected[name][k]) for k in tensors), (o["trial"], name)
+    stages = [o["stage"] for o in outcomes]
+    print(f"\n{len(outcomes)} interrupted cached runs, all resumed bit-identical; stopped in: {stages}")
     assert "teacher outputs" in stages, stages
