@@ -8,8 +8,12 @@ weights: memory and time do not depend on their values). Student: its encoder an
 Both models are resident in every measurement, so the ratios compare the steps, not the weights.
 
 - ce:        student only: forward with labels (the model's own loss), backward, AdamW step
-- kd:        distill's step: LossStep (0.5 KL at T=2, chunked over 1,024 tokens + 0.5 CE), backward, AdamW
+- kd:        distill's step: LossStep (0.5 KL at T=2, chunked over loss.chunk_tokens tokens + 0.5 CE), backward, AdamW
 - kd_whole:  the same with the KL computed over all tokens at once (loss.chunk_tokens=0)
+- kd_topk:   the student reading top-32 soft labels from a store (teacher.cache: true), chunked
+
+The kd step takes the teacher's logits chunk by chunk from its last hidden states and output head
+(losses.TeacherHead), so no [tokens, vocabulary] teacher logits exist either.
 
 On CPU each variant runs in a fresh process and its peak resident memory during the step is read
 from /proc (VmHWM, reset before the step); on CUDA, torch's peak allocated memory. "working" is the
@@ -79,14 +83,26 @@ def measure(variant: str, args: argparse.Namespace) -> dict[str, float]:
         [torch.full((args.batch, 1), args.vocab - 1), batch["labels"][:, :-1]], dim=1
     )
     batch = {k: v.to(device) for k, v in batch.items()}
-    chunk = 0 if variant == "kd_whole" else 1024
-    loss_step = LossStep(
-        translation, LossConfig(alpha=0.5, temperature=2.0, chunk_tokens=chunk), teacher=teacher
-    )
+    chunk = 0 if variant == "kd_whole" else args.chunk
+    loss = LossConfig(alpha=0.5, temperature=2.0, chunk_tokens=chunk)
+    loss_step = LossStep(translation, loss, teacher=teacher)
+    if variant == "kd_topk":
+        from distill.losses import top_k_of
+
+        with torch.inference_mode():
+            top = top_k_of(teacher(**translation.model_inputs(batch)).logits, 32, loss.temperature)
+        top.logprobs, top.ids, top.tail = top.logprobs.clone(), top.ids.to(torch.int32), top.tail.clone()
+
+        class Stored:  # what TeacherStore.batch gives for this batch
+            def batch(self, rows: torch.Tensor, labels: torch.Tensor):
+                return top
+
+        batch["row"] = torch.arange(args.batch, device=device)
+        loss_step = LossStep(translation, loss, store=Stored())
 
     def step() -> None:
         if variant == "ce":
-            accelerator.backward(student(**batch).loss)
+            accelerator.backward(student(**translation.model_inputs(batch), labels=batch["labels"]).loss)
         else:
             backward_step(accelerator, student, loss_step, [batch])
         optimizer.step()
@@ -120,12 +136,15 @@ def measure(variant: str, args: argparse.Namespace) -> dict[str, float]:
 
 
 def main() -> None:
+    from distill.config import LossConfig
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--src-len", type=int, default=32)
     parser.add_argument("--tgt-len", type=int, default=32)
     parser.add_argument("--vocab", type=int, default=58101)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk", type=int, default=LossConfig.chunk_tokens, help="loss.chunk_tokens")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--teacher-dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -135,7 +154,7 @@ def main() -> None:
         return
 
     results = {}
-    for variant in ("ce", "kd", "kd_whole"):
+    for variant in ("ce", "kd", "kd_whole", "kd_topk"):
         if args.device == "cuda":
             torch.cuda.empty_cache()
             results[variant] = measure(variant, args)
@@ -154,6 +173,7 @@ def main() -> None:
         print(f"{variant:<10}{r['peak_mb']:>10.0f}{r['working_mb']:>12.0f}{r['step_s']:>9.3f}")
     ce, kd, whole = results["ce"], results["kd"], results["kd_whole"]
     print(f"peak memory kd / ce: {kd['peak_mb'] / ce['peak_mb']:.3f}  (target <= 1.15)")
+    print(f"peak memory kd_topk / ce: {results['kd_topk']['peak_mb'] / ce['peak_mb']:.3f}  (top-32 from a store)")
     print(f"working memory kd / ce: {kd['working_mb'] / ce['working_mb']:.3f}")
     print(
         f"peak memory kd_whole / ce: {whole['peak_mb'] / ce['peak_mb']:.3f}  (the KL over all tokens at once)"

@@ -243,7 +243,8 @@ class LossConfig:
     hidden: str = ""  # hidden-state loss: "" (none) | mse | cosine
     hidden_weight: float = 0.0  # weight of the hidden-state loss
     layer_map: dict[int, int] | None = None  # student layer -> teacher layer (default: the copied layers)
-    chunk_tokens: int = 1024  # soft loss over this many target tokens at a time (0: all at once)
+    chunk_tokens: int = 256  # soft loss over this many target tokens at a time (0: all at once); 256 keeps
+    # per-token KD within 1.15x the memory of a cross-entropy step at 512 tokens x 58k (kd_memory.py)
     sequence_kd: str = ""  # translation: "" (off) | replace (train on the teacher's beam outputs) | mix (references + outputs)
     sequence_kd_beams: int = 4  # beams of the teacher's generation for sequence-level KD
 

@@ -79,8 +79,8 @@ def check_settings(folder: Path, settings: dict[str, Any]) -> None:
     """Refuse a store folder whose recorded settings differ from ``settings`` (validate's part of
     the check; the teacher's weights and the data are compared when the run builds the store)."""
     recorded = atomic.read_json(folder / SETTINGS)
-    if not isinstance(recorded, dict):
-        return
+    if not isinstance(recorded, dict) or atomic.read_json(folder / COMPLETE) is None:
+        return  # an unfinished store of other settings is removed by the run, not reused
     current = atomic.strict(settings)
     changed = sorted(k for k in current if recorded.get(k) != current[k])
     if changed:
@@ -157,18 +157,54 @@ def build(
     batch_size: int,
     chunk: int = 1024,
 ) -> TeacherStore:
-    """The complete store of the teacher's outputs over ``dataset`` in ``folder``: read if it is
-    there (verified), else computed (continuing an interrupted build)."""
+    """The complete store of the teacher's soft labels over ``dataset`` in ``folder``: read if it
+    is there (verified), else computed (continuing an interrupted build)."""
+
+    def compute(rows: list[int]) -> dict[str, torch.Tensor]:
+        return _compute(accelerator, teacher, dataset, rows, collate, model_inputs, top_k, temperature, batch_size)
+
+    build_shards(accelerator, teacher, dataset, folder, settings=settings, chunk=chunk, compute=compute)
+    store = TeacherStore(folder, top_k=top_k > 0)
+    per = f", {store.bytes / max(store.tokens, 1):.0f} bytes per target token" if top_k else ""
+    accelerator.print(f"teacher outputs: {folder} ({store.bytes / 2**20:.1f} MiB in memory{per})")
+    return store
+
+
+def build_shards(
+    accelerator: Accelerator,
+    teacher: torch.nn.Module,
+    dataset: Dataset,
+    folder: Path,
+    *,
+    settings: dict[str, Any],
+    chunk: int,
+    compute: Callable[[list[int]], dict[str, torch.Tensor]],
+    what: str = "teacher outputs",
+) -> list[str]:
+    """Make ``folder`` hold ``compute(rows)`` for every shard of ``chunk`` rows of ``dataset``, each
+    verified, and ``complete.json`` last; returns the shard names in row order.
+
+    A complete folder of another fingerprint is refused; shards that an unfinished build of other
+    settings left are removed first, never mixed in. Each process computes shards i with
+    i mod N = its index and writes them itself.
+    """
     key = fingerprint(teacher, dataset, settings)
     n_shards = (len(dataset) + chunk - 1) // chunk
     names = [f"shard_{i:05d}.safetensors" for i in range(n_shards)]
     recorded = atomic.read_json(folder / SETTINGS)
-    if recorded is not None and recorded != atomic.strict(key):
-        changed = sorted(k for k in set(recorded) | set(key) if recorded.get(k) != atomic.strict(key).get(k))
-        raise DistillError(
-            f"{folder} holds teacher outputs made with other settings ({', '.join(changed)} changed); "
-            "delete it or set teacher.cache_dir to another folder"
-        )
+    current = atomic.strict(key)
+    if recorded is not None and recorded != current:
+        if atomic.read_json(folder / COMPLETE) is not None:
+            changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+            raise DistillError(
+                f"{folder} holds {what} made with other settings ({', '.join(changed)} changed); "
+                "delete it or set teacher.cache_dir to another folder"
+            )
+        recorded = None
+        if accelerator.is_main_process:
+            log.warning("%s: unfinished %s of other settings, removed", folder, what)
+            atomic.remove(folder)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with atomic.disk_errors(folder):
             folder.mkdir(parents=True, exist_ok=True)
@@ -176,30 +212,26 @@ def build(
         if recorded is None:
             atomic.write_json(folder / SETTINGS, key)
     accelerator.wait_for_everyone()
-    intact = [i for i, name in enumerate(names) if _intact(folder, name)]
-    todo = [i for i in range(n_shards) if i not in set(intact)]
-    for i in todo:
-        if (folder / names[i]).exists():
-            log.warning("%s: damaged or unfinished, computed again", folder / names[i])
+    intact = {i for i, name in enumerate(names) if _intact(folder, name)}
+    todo = [i for i in range(n_shards) if i not in intact]
+    if accelerator.is_main_process:
+        for i in todo:
+            if (folder / names[i]).exists():
+                log.warning("%s: damaged or unfinished, computed again", folder / names[i])
     mine = [i for i in todo if i % accelerator.num_processes == accelerator.process_index]
     if todo:
-        accelerator.print(
-            f"teacher outputs: {len(intact)} of {n_shards} shards stored, computing {len(todo)}"
-        )
+        accelerator.print(f"{what}: {len(intact)} of {n_shards} shards stored, computing {len(todo)}")
         teacher.to(accelerator.device)
         progress = tqdm(
             total=sum(min(chunk, len(dataset) - i * chunk) for i in mine),
-            desc="teacher outputs",
+            desc=what,
             disable=not accelerator.is_local_main_process,
             dynamic_ncols=True,
         )
         try:
             for i in mine:
                 rows = list(range(i * chunk, min((i + 1) * chunk, len(dataset))))
-                tensors = _compute(
-                    accelerator, teacher, dataset, rows, collate, model_inputs, top_k, temperature, batch_size
-                )
-                _write_shard(folder, names[i], tensors)
+                _write_shard(folder, names[i], compute(rows))
                 progress.update(len(rows))
         finally:
             progress.close()
@@ -210,10 +242,7 @@ def build(
             raise DistillError(f"{folder}: shards missing after the teacher's pass ({missing[0]}, ...)")
         atomic.write_json(folder / COMPLETE, {"shards": names, **key})
     accelerator.wait_for_everyone()
-    store = TeacherStore(folder, top_k=top_k > 0)
-    per = f", {store.bytes / max(store.tokens, 1):.0f} bytes per target token" if top_k else ""
-    accelerator.print(f"teacher outputs: {folder} ({store.bytes / 2**20:.1f} MiB in memory{per})")
-    return store
+    return names
 
 
 def _intact(folder: Path, name: str) -> bool:

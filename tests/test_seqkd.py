@@ -79,9 +79,11 @@ def test_pseudo_target_generation_resumes_and_is_reused(tmp_path, translation_to
             chunk_size=8,
         )
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
-        "chunk_00000",
-        "chunk_00001",
         "settings.json",
+        "shard_00000.safetensors",
+        "shard_00000.safetensors.json",
+        "shard_00001.safetensors",
+        "shard_00001.safetensors.json",
     ]
 
     calls.clear()
