@@ -173,7 +173,9 @@ def main() -> None:
         print(f"{variant:<10}{r['peak_mb']:>10.0f}{r['working_mb']:>12.0f}{r['step_s']:>9.3f}")
     ce, kd, whole = results["ce"], results["kd"], results["kd_whole"]
     print(f"peak memory kd / ce: {kd['peak_mb'] / ce['peak_mb']:.3f}  (target <= 1.15)")
-    print(f"peak memory kd_topk / ce: {results['kd_topk']['peak_mb'] / ce['peak_mb']:.3f}  (top-32 from a store)")
+    print(
+        f"peak memory kd_topk / ce: {results['kd_topk']['peak_mb'] / ce['peak_mb']:.3f}  (top-32 from a store)"
+    )
     print(f"working memory kd / ce: {kd['working_mb'] / ce['working_mb']:.3f}")
     print(
         f"peak memory kd_whole / ce: {whole['peak_mb'] / ce['peak_mb']:.3f}  (the KL over all tokens at once)"

@@ -27,7 +27,12 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from datasets import Dataset
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+)
 
 from distill import teacher_store
 from distill.config import LossConfig
@@ -100,7 +105,9 @@ def main() -> None:
     }
     state = {}
     for name, model in students.items():
-        model, opt = accelerator.prepare(model.to(accelerator.device), torch.optim.AdamW(model.parameters(), lr=1e-5))
+        model, opt = accelerator.prepare(
+            model.to(accelerator.device), torch.optim.AdamW(model.parameters(), lr=1e-5)
+        )
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         first_bad = torch.zeros((), dtype=torch.long, device=accelerator.device)
@@ -113,7 +120,9 @@ def main() -> None:
         began = time.perf_counter()
         batch = {k: v.to(accelerator.device) for k, v in collate(rows).items()}
         totals = backward_step(accelerator, model, steps[name], [batch])
-        optimizer_step(accelerator, opt, params, max_grad_norm=1.0, loss=totals["loss"], first_bad=first_bad, step=1)
+        optimizer_step(
+            accelerator, opt, params, max_grad_norm=1.0, loss=totals["loss"], first_bad=first_bad, step=1
+        )
         if accelerator.device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - began
@@ -146,7 +155,9 @@ def main() -> None:
         )
     else:
         print("the store does not pay here: a cached epoch is no faster than an online one")
-    print(f"ratio cached epoch / student-only epoch: {epoch['cached'] / epoch['student-only']:.3f}  (target <= 1.10)")
+    print(
+        f"ratio cached epoch / student-only epoch: {epoch['cached'] / epoch['student-only']:.3f}  (target <= 1.10)"
+    )
 
 
 if __name__ == "__main__":

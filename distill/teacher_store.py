@@ -161,7 +161,9 @@ def build(
     is there (verified), else computed (continuing an interrupted build)."""
 
     def compute(rows: list[int]) -> dict[str, torch.Tensor]:
-        return _compute(accelerator, teacher, dataset, rows, collate, model_inputs, top_k, temperature, batch_size)
+        return _compute(
+            accelerator, teacher, dataset, rows, collate, model_inputs, top_k, temperature, batch_size
+        )
 
     build_shards(accelerator, teacher, dataset, folder, settings=settings, chunk=chunk, compute=compute)
     store = TeacherStore(folder, top_k=top_k > 0)
