@@ -22,7 +22,7 @@ SOFT_LOSSES = ("kl", "reverse_kl", "jsd")
 HIDDEN_LOSSES = ("mse", "cosine")
 STUDENT_INITS = ("copy_layers", "from_config", "pretrained")
 PRECISIONS = ("no", "bf16", "fp16")
-TEACHER_DTYPES = ("float32", "bfloat16", "float16")
+TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULERS = ("linear", "cosine", "constant")
 SEQUENCE_KD = ("replace", "mix")
 MAX_TEMPERATURE = 1000.0
@@ -61,7 +61,7 @@ class TeacherConfig:
     """The model whose behaviour the student learns."""
 
     name_or_path: str = ""  # hub id, local folder, or pkg:PACKAGE/sub/folder (a folder shipped in a package)
-    dtype: str = "float32"  # dtype of the frozen teacher: float32 | bfloat16 | float16
+    dtype: str = "auto"  # dtype of the frozen teacher: auto (bfloat16 on a GPU that has it, else float32) | float32 | bfloat16 | float16
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     architecture: dict[str, Any] = field(
         default_factory=dict

@@ -243,11 +243,20 @@ def student_config(
     return type(teacher_config).from_dict({**base, **resolved, **(extra or {})})
 
 
+def teacher_dtype(name: str) -> torch.dtype:
+    """``teacher.dtype``; ``auto`` is bfloat16 on a GPU that computes in it (half the teacher's
+    memory and time, the precision of its outputs kept by the float32 losses), else float32."""
+    if name == "auto":
+        gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if gpu_bf16 else torch.float32
+    return DTYPES[name]
+
+
 def freeze(model: nn.Module, dtype: str = "float32") -> nn.Module:
     """The teacher's state during distillation: eval mode, no gradients, optionally a lower precision."""
     model.eval()
     model.requires_grad_(False)
-    return model.to(DTYPES[dtype])
+    return model.to(teacher_dtype(dtype))
 
 
 def freeze_unsaved(model: nn.Module) -> list[str]:

@@ -14,6 +14,7 @@ from transformers import AutoConfig
 
 from distill.config import RecipeConfig, to_dict
 from distill.errors import DistillError
+from distill.modeling import teacher_dtype
 from distill.tasks.translation import decoder_inputs_builder
 from distill.tokenizer_training import check_round_trip, train_tokenizer
 
@@ -83,7 +84,7 @@ def pseudo_settings(cfg: RecipeConfig) -> dict[str, Any]:
     settings = stage_settings(cfg)
     settings.update(
         {
-            "teacher.dtype": cfg.teacher.dtype,
+            "teacher.dtype": str(teacher_dtype(cfg.teacher.dtype)).removeprefix("torch."),
             "num_beams": cfg.loss.sequence_kd_beams,
             "max_new_tokens": cfg.data.max_target_length,
         }
@@ -95,7 +96,7 @@ def store_settings(cfg: RecipeConfig) -> dict[str, Any]:
     """What decides the stored teacher outputs besides the teacher's weights and the data."""
     settings: dict[str, Any] = {
         "task": cfg.task,
-        "teacher.dtype": cfg.teacher.dtype,
+        "teacher.dtype": str(teacher_dtype(cfg.teacher.dtype)).removeprefix("torch."),
         "data.max_length": cfg.data.max_length,
     }
     if cfg.task != "classification":  # top-k log-probabilities at the recipe's temperature
