@@ -138,7 +138,9 @@ def models_take_the_longest_inputs(
         if key in row:
             row[key] = [row[key][0]] * len(row["input_ids"])
     targets = ""
-    if isinstance(row.get("labels"), list):  # translation: the longest target too
+    if getattr(task, "ALIGNED_LABELS", False):  # causal_lm: the next token at every position
+        row["labels"] = row["input_ids"][1:] + [-100]
+    elif isinstance(row.get("labels"), list):  # translation: the longest target too
         row["labels"] = _stretch(list(row["labels"]), cfg.data.max_target_length, top)
         targets = f" with targets of data.max_target_length={cfg.data.max_target_length}"
     batch = task.collator(tokenizer, next(iter(models.values())).config)([row])

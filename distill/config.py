@@ -17,7 +17,7 @@ import yaml
 from distill.errors import DistillError
 from distill.typed_config import build, in_range, non_negative, one_of, positive, seed
 
-TASKS = ("classification", "translation")
+TASKS = ("classification", "translation", "causal_lm")
 SOFT_LOSSES = ("kl", "reverse_kl", "jsd")
 HIDDEN_LOSSES = ("mse", "cosine")
 STUDENT_INITS = ("copy_layers", "from_config", "pretrained")
@@ -174,7 +174,14 @@ class DataConfig:
     source_lang: str = ""  # translation: source language key in translation_column (e.g. en)
     target_lang: str = ""  # translation: target language key in translation_column (e.g. fr)
     source_prefix: str = ""  # translation: text put before every source (T5: "translate English to French: ")
-    max_target_length: int = 128  # translation: target tokens per example; longer targets are truncated
+    max_target_length: int = (
+        128  # translation, causal_lm: target (completion) tokens per example; longer ones are truncated
+    )
+    prompt_column: str = ""  # causal_lm: column with the prompt (the loss is on the completion only)
+    completion_column: str = (
+        ""  # causal_lm: column with the completion (or neither: text_column, every token)
+    )
+    chat_template: bool = False  # causal_lm: prompts go through the tokenizer's chat template (a user turn)
     label_names: list[str] | None = None  # label order (id i is label_names[i]); default: as the data says
     train_split: str = "train"  # split used for training
     validation_split: str = (
@@ -376,6 +383,17 @@ class RecipeConfig:
                 raise DistillError(
                     "data: translation needs data.source_column and data.target_column, "
                     "or data.translation_column with data.source_lang and data.target_lang"
+                )
+            if self.loss.hidden_weight > 0:
+                raise DistillError(
+                    "loss.hidden_weight: hidden-state losses are for classification only, so far"
+                )
+        if self.task == "causal_lm":
+            d = self.data
+            if bool(d.prompt_column) != bool(d.completion_column):
+                raise DistillError(
+                    "data: causal_lm takes data.prompt_column with data.completion_column, or neither "
+                    "(data.text_column: every token is a target)"
                 )
             if self.loss.hidden_weight > 0:
                 raise DistillError(

@@ -1,5 +1,5 @@
 """Task families. Each module offers the same few names; see ``classification`` for the list."""
 
-from distill.tasks import classification, translation
+from distill.tasks import causal_lm, classification, translation
 
-TASKS = {"classification": classification, "translation": translation}
+TASKS = {"classification": classification, "translation": translation, "causal_lm": causal_lm}

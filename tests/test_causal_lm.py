@@ -1,0 +1,248 @@
+"""task: causal_lm — decoder-only language models (GPT-2, Llama, Qwen2) distilled token by token."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import make_seq2seq_tokenizer, write_recipe
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+from distill.cli import main
+from distill.config import DataConfig, LossConfig
+from distill.loss_step import LossStep
+from distill.tasks import causal_lm
+
+FAMILIES = ["gpt2", "llama", "qwen2"]
+
+
+def make_causal_tokenizer(folder):
+    """A byte-level BPE tokenizer trained on the test words, as decoder-only families have (Qwen2's
+    tokenizer class rebuilds it from its vocabulary and merges): it adds nothing to a text; pad 0,
+    </s> 1 its end token."""
+    from conftest import EN_FR
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted(set(EN_FR) | set(EN_FR.values()))
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    core.train_from_iterator([" ".join(words)] * 5 + words, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+    tok.model_max_length = 64
+    tok.save_pretrained(folder)
+    return tok
+
+
+def save_causal(folder, family: str, layers: int = 4):
+    """A tiny decoder-only teacher with the word-level tokenizer (pad 0, </s> 1 as its end token)."""
+    import transformers as tf
+
+    tok = make_causal_tokenizer(folder)
+    ids = dict(vocab_size=len(tok), pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    torch.manual_seed(0)
+    if family == "gpt2":
+        config = tf.GPT2Config(n_embd=32, n_layer=layers, n_head=2, n_positions=64, **ids)
+    elif family == "llama":
+        config = tf.LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=64,
+            **ids,
+        )
+    else:
+        config = tf.Qwen2Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=64,
+            **ids,
+        )
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def causal_recipe(teacher, data, out, **sections):
+    raw = {
+        "description": "tiny causal LM recipe",
+        "task": "causal_lm",
+        "teacher": {"name_or_path": str(teacher)},
+        "student": {"init": "copy_layers", "num_layers": 2},
+        "data": {
+            "files": {"train": str(data)},
+            "prompt_column": "en",
+            "completion_column": "fr",
+            "validation_size": 20,
+            "test_size": 20,
+            "max_length": 24,
+            "max_target_length": 24,
+        },
+        "train": {"steps": 6, "batch_size": 8, "learning_rate": 1e-2, "log_every": 2},
+        "eval": {"batch_size": 8, "max_new_tokens": 8, "latency": False},
+        "output": {"dir": str(out)},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return raw
+
+
+def test_only_completion_tokens_and_the_end_token_are_targets(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    tok = make_seq2seq_tokenizer(tmp_path / "tok")
+    splits = DatasetDict(
+        train=Dataset.from_dict({"prompt": ["one two"], "completion": ["un deux"]}),
+        test=Dataset.from_dict({"prompt": ["one two three four"], "completion": ["un deux trois"]}),
+    )
+    cfg = DataConfig(files={"train": "x"}, max_length=3, max_target_length=3)
+    out = causal_lm.tokenize(splits, tok, cfg)
+    one, two, un, deux, trois, four = tok.convert_tokens_to_ids(["one", "two", "un", "deux", "trois", "four"])
+    row = out["train"][0]
+    assert row["input_ids"] == [
+        one,
+        two,
+        un,
+        deux,
+        1,
+    ]  # no end token after the prompt; one after the completion
+    assert row["labels"] == [-100, un, deux, 1, -100]  # position t gives token t + 1, completion only
+    test = out["test"][0]
+    three = tok.convert_tokens_to_ids("three")
+    assert test["prompt_ids"] == [two, three, four]  # the prompt's end kept
+    assert test["input_ids"] == [two, three, four, un, deux, 1]  # completion cut to 2 + the end token
+    assert test["reference"] == "un deux trois"
+    batch = causal_lm.collator(tok)([out["test"][0], {**out["test"][0], "prompt_ids": [four]}])
+    assert batch["prompt_ids"].tolist() == [[two, three, four], [0, 0, four]]  # prompts padded on the left
+    assert batch["prompt_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_plain_text_makes_every_next_token_a_target(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    tok = make_seq2seq_tokenizer(tmp_path / "tok")
+    splits = DatasetDict(train=Dataset.from_dict({"prompt": [""], "completion": ["one two"]}))
+    row = causal_lm.tokenize(splits, tok, DataConfig(files={"train": "x"}))["train"][0]
+    one, two = tok.convert_tokens_to_ids(["one", "two"])
+    assert row["input_ids"] == [one, two, 1] and row["labels"] == [two, 1, -100]
+
+
+def test_metrics_by_hand():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(
+        models.WordLevel({"<pad>": 0, "</s>": 1, "un": 2, "deux": 3, "trois": 4}, unk_token="<pad>")
+    )
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.WordPiece(prefix="##")
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>")
+    predictions = [
+        [2.0, 2.0, 2, 3, -100],  # "un deux": exact
+        [4.0, 3.0, 4, -100, -100],  # "trois" for "un trois"
+    ]
+    scores = causal_lm.compute_metrics(predictions, ["un deux", "un trois"], tok)
+    assert scores["exact_match"] == 0.5
+    assert scores["perplexity"] == pytest.approx(math.exp(6.0 / 5.0))
+    import sacrebleu
+
+    assert scores["chrf"] == pytest.approx(
+        sacrebleu.corpus_chrf(["un deux", "trois"], [["un deux", "un trois"]]).score
+    )
+
+
+def test_chunked_token_kd_equals_the_whole_computation(tmp_path, pairs_csv):
+    teacher = AutoModelForCausalLM.from_pretrained(save_causal(tmp_path / "t", "llama")).eval()
+    student = AutoModelForCausalLM.from_pretrained(save_causal(tmp_path / "s", "llama", layers=2))
+    tok = AutoTokenizer.from_pretrained(tmp_path / "t")
+    from datasets import Dataset, DatasetDict
+
+    splits = DatasetDict(
+        train=Dataset.from_dict(
+            {"prompt": ["one two", "three", "four one two"], "completion": ["un", "trois deux", "un"]}
+        )
+    )
+    rows = causal_lm.tokenize(splits, tok, DataConfig(files={"train": "x"}))["train"]
+    batch = causal_lm.collator(tok)([rows[i] for i in range(3)])
+    results = {}
+    for chunk in (0, 3):
+        for soft, beta in (("kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.3)):
+            student.zero_grad()
+            step = LossStep(
+                causal_lm,
+                LossConfig(alpha=0.6, temperature=2.0, chunk_tokens=chunk, soft=soft, jsd_beta=beta),
+                teacher=teacher,
+            )
+            out = step(student, batch)
+            out["loss"].backward()
+            grad = student.model.embed_tokens.weight.grad.clone()
+            results[(chunk, soft)] = (out["loss"].item(), out["items"].item(), grad)
+    for soft in ("kl", "reverse_kl", "jsd"):
+        whole, chunked = results[(0, soft)], results[(3, soft)]
+        expected = sum(
+            len(tok(c, add_special_tokens=False)["input_ids"]) + 1 for c in ("un", "trois deux", "un")
+        )
+        assert chunked[1] == whole[1] == expected  # the completions' tokens and their end tokens
+        assert chunked[0] == pytest.approx(whole[0], rel=1e-5)
+        assert torch.allclose(chunked[2], whole[2], atol=1e-6)
+
+
+@pytest.mark.parametrize("init", ["copy_layers", "from_config"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_causal_family_end_to_end(family, init, tmp_path, pairs_csv):
+    """validate and a short run; the saved student generates with pipeline, and its greedy
+    completions reproduce the report's exact match."""
+    teacher = save_causal(tmp_path / "teacher", family)
+    out = tmp_path / "out"
+    depth = {"gpt2": "n_layer"}.get(family, "num_hidden_layers")
+    student = (
+        {"init": init, "num_layers": 2}
+        if init == "copy_layers"
+        else {"init": init, "config_overrides": {depth: 2}}
+    )
+    raw = causal_recipe(teacher, pairs_csv, out, student=student)
+    raw["student"] = student
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    assert main(["validate", str(recipe)]) == 0
+    assert main(["run", str(recipe)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    metrics = {m["name"]: m["metrics"] for m in report["models"]}
+    assert set(metrics["student"]) == {"chrf", "exact_match", "perplexity"}
+    assert all(math.isfinite(v) for m in metrics.values() for v in m.values())
+    import sacrebleu
+
+    from distill.config import load_recipe
+    from distill.run import prepare
+
+    test = prepare(load_recipe(recipe, ["output.overwrite=true"])).splits["test"]
+    references = [r.strip() for r in test["completion"]]
+
+    def scores(folder):
+        generate = pipeline("text-generation", model=str(folder))
+        texts = [
+            generate(p, max_new_tokens=8, do_sample=False, return_full_text=False)[0][
+                "generated_text"
+            ].strip()
+            for p in test["prompt"]
+        ]
+        exact = sum(t == r for t, r in zip(texts, references, strict=True)) / len(test)
+        return generate.model, exact, sacrebleu.corpus_chrf(texts, [references]).score
+
+    model, exact, chrf = scores(out / "student")
+    assert model.config.num_hidden_layers == 2
+    assert (exact, chrf) == pytest.approx((metrics["student"]["exact_match"], metrics["student"]["chrf"]))
+    _, exact, chrf = scores(teacher)
+    assert chrf > 0  # untrained, yet not empty: the comparison is not 0 == 0 for both
+    assert (exact, chrf) == pytest.approx((metrics["teacher"]["exact_match"], metrics["teacher"]["chrf"]))
