@@ -254,6 +254,10 @@ class LossConfig:
     # per-token KD within 1.15x the memory of a cross-entropy step at 512 tokens x 58k (kd_memory.py)
     sequence_kd: str = ""  # translation: "" (off) | replace (train on the teacher's beam outputs) | mix (references + outputs)
     sequence_kd_beams: int = 4  # beams of the teacher's generation for sequence-level KD
+    on_policy: float = (
+        0.0  # causal_lm: this fraction of batches trains on completions the student samples (GKD)
+    )
+    on_policy_temperature: float = 1.0  # causal_lm: sampling temperature of those completions
 
     def check(self, key: str) -> None:
         one_of(f"{key}.soft", self.soft, SOFT_LOSSES)
@@ -268,6 +272,8 @@ class LossConfig:
         if self.sequence_kd:
             one_of(f"{key}.sequence_kd", self.sequence_kd, SEQUENCE_KD)
         positive(f"{key}.sequence_kd_beams", self.sequence_kd_beams)
+        in_range(f"{key}.on_policy", self.on_policy, 0.0, 1.0)
+        in_range(f"{key}.on_policy_temperature", self.on_policy_temperature, 1e-3, 100.0)
         if self.hidden_weight > 0 and not self.hidden:
             raise DistillError(f"{key}.hidden: choose mse or cosine when {key}.hidden_weight > 0")
         if self.layer_map is not None and any(i < 0 for pair in self.layer_map.items() for i in pair):
@@ -399,6 +405,16 @@ class RecipeConfig:
                 raise DistillError(
                     "loss.hidden_weight: hidden-state losses are for classification only, so far"
                 )
+        if self.loss.on_policy > 0:
+            if self.task != "causal_lm":
+                raise DistillError("loss.on_policy: on-policy distillation is for task causal_lm")
+            if self.teacher.cache:
+                raise DistillError(
+                    "loss.on_policy: the teacher scores the student's own samples as they come, so it "
+                    "cannot be cached; set teacher.cache=false"
+                )
+            if not self.data.prompt_column:
+                raise DistillError("loss.on_policy: the student completes prompts; set data.prompt_column")
         if self.teacher.cache and self.loss.hidden_weight > 0:
             raise DistillError(
                 "teacher.cache: the store keeps the teacher's outputs, not its hidden states; "

@@ -3,6 +3,7 @@ and no-teacher baselines alike. The loop (:mod:`distill.loop`) runs it; it is te
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from types import ModuleType
 
@@ -42,6 +43,7 @@ class LossStep:
         teacher: nn.Module | None = None,
         projection: HiddenProjection | None = None,
         store: TeacherStore | None = None,
+        max_new_tokens: int = 64,
     ):
         self.task = task
         self.loss = loss
@@ -54,6 +56,10 @@ class LossStep:
         if self.use_hidden and projection is None:
             raise ValueError("a hidden-state loss needs a HiddenProjection")
         self.head_checked: bool | None = None  # the teacher's logits from its head match its own?
+        self.on_policy = loss.on_policy if loss is not None and teacher is not None else 0.0
+        self.max_new_tokens = max_new_tokens
+        # On-policy batches are scored by the divergence alone: there is no reference to compare with.
+        self.soft_only = dataclasses.replace(loss, alpha=1.0) if self.on_policy else None
 
     def _teacher_logits(self, inputs: dict[str, Tensor], chunked: bool) -> Tensor | TeacherHead:
         """The online teacher's logits; for chunked per-token KD, its last hidden states and output
@@ -74,9 +80,16 @@ class LossStep:
             return self.teacher(**inputs).logits
 
     def __call__(self, student: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        loss = self.loss
+        # GKD: with probability loss.on_policy, the student's own completions of the prompts; the
+        # draw is from torch's global random state, which checkpoints save (exact resume).
+        if self.on_policy and torch.rand(()).item() < self.on_policy:
+            batch = self.task.sample_completions(
+                student, batch, temperature=loss.on_policy_temperature, max_new_tokens=self.max_new_tokens
+            )
+            loss = self.soft_only
         labels = batch["labels"]
         inputs = {k: v for k, v in self.task.model_inputs(batch).items() if k != ROW}
-        loss = self.loss
         per_token_chunked = (
             self.use_soft and labels.ndim == 2 and loss.chunk_tokens > 0 and not self.use_hidden
         )
@@ -134,7 +147,7 @@ class LossStep:
             out["soft"] = soft_fn(
                 student_out.logits, teacher_logits, temperature=loss.temperature, mask=mask, **kwargs
             )
-        total = kd_mix(out["soft"], hard, alpha=self.loss.alpha)
+        total = kd_mix(out["soft"], hard, alpha=loss.alpha)
         if self.use_hidden:
             assert self.projection is not None
             token_mask = inputs.get("attention_mask")

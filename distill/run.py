@@ -107,7 +107,9 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
             num_layers(student.config), num_layers(teacher.config), copied
         )
         projection = HiddenProjection(layer_map, hidden_size(student.config), hidden_size(teacher.config))
-    loss_step = LossStep(task, cfg.loss, teacher=teacher, projection=projection)
+    loss_step = LossStep(
+        task, cfg.loss, teacher=teacher, projection=projection, max_new_tokens=cfg.data.max_target_length
+    )
     references = tokenized["train"]  # what the student and the baseline see of the targets
     if cfg.data.reference_examples:
         references = references.select(range(min(cfg.data.reference_examples, len(references))))

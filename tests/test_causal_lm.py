@@ -246,3 +246,102 @@ def test_causal_family_end_to_end(family, init, tmp_path, pairs_csv):
     _, exact, chrf = scores(teacher)
     assert chrf > 0  # untrained, yet not empty: the comparison is not 0 == 0 for both
     assert (exact, chrf) == pytest.approx((metrics["teacher"]["exact_match"], metrics["teacher"]["chrf"]))
+
+
+def test_sampled_completions_are_laid_out_as_training_batches(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    folder = save_causal(tmp_path / "t", "llama")
+    model = AutoModelForCausalLM.from_pretrained(folder).train()
+    tok = AutoTokenizer.from_pretrained(folder)
+    splits = DatasetDict(train=Dataset.from_dict({"prompt": ["one two", "three"], "completion": ["un", "x"]}))
+    rows = causal_lm.tokenize(splits, tok, DataConfig(files={"train": "x"}))["train"]
+    batch = causal_lm.collator(tok)([rows[0], rows[1]])
+    torch.manual_seed(3)
+    sampled = causal_lm.sample_completions(model, batch, temperature=1.0, max_new_tokens=5)
+    assert model.training  # left as it was
+    for i in range(2):
+        prompt = rows[i]["prompt_ids"]
+        n = int(sampled["attention_mask"][i].sum())
+        ids, labels = sampled["input_ids"][i, :n].tolist(), sampled["labels"][i, :n].tolist()
+        assert ids[: len(prompt)] == prompt
+        new = ids[len(prompt) :]
+        assert 1 <= len(new) <= 5 and (1 not in new[:-1])  # stops at the first end token
+        assert labels == [-100] * (len(prompt) - 1) + new + [-100]
+        assert (sampled["labels"][i, n:] == -100).all()
+    torch.manual_seed(3)
+    again = causal_lm.sample_completions(model, batch, temperature=1.0, max_new_tokens=5)
+    assert torch.equal(again["input_ids"], sampled["input_ids"])  # the global random state decides
+
+
+def test_on_policy_batches_are_deterministic_and_change_the_student(tmp_path, pairs_csv, monkeypatch):
+    from safetensors.torch import load_file
+
+    teacher = save_causal(tmp_path / "teacher", "llama")
+    calls = []
+    real = causal_lm.sample_completions
+    monkeypatch.setattr(causal_lm, "sample_completions", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def run(name, on_policy):
+        raw = causal_recipe(teacher, pairs_csv, tmp_path / name, loss={"on_policy": on_policy})
+        assert main(["run", str(write_recipe(tmp_path / f"{name}.yaml", raw))]) == 0
+        return load_file(str(tmp_path / name / "student" / "model.safetensors"))
+
+    a = run("a", 0.5)
+    sampled = len(calls)
+    assert 0 < sampled < 6  # half of the 6 steps' batches, give or take: drawn, not every one
+    b = run("b", 0.5)
+    assert len(calls) == 2 * sampled
+    c = run("c", 0.0)
+    assert len(calls) == 2 * sampled
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_on_policy_needs_prompts_and_an_online_teacher(tmp_path, pairs_csv, capsys):
+    teacher = save_causal(tmp_path / "teacher", "gpt2")
+    raw = causal_recipe(teacher, pairs_csv, tmp_path / "out", loss={"on_policy": 0.5})
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    assert main(["validate", str(recipe), "teacher.cache=true"]) == 2
+    assert "loss.on_policy: the teacher scores the student's own samples" in capsys.readouterr().err
+    assert main(["validate", str(recipe), "data.prompt_column=", "data.completion_column="]) == 2
+    assert "loss.on_policy: the student completes prompts; set data.prompt_column" in capsys.readouterr().err
+
+
+def test_an_on_policy_run_killed_mid_stage_resumes_to_the_same_weights(tmp_path, pairs_csv):
+    import signal
+    import subprocess
+
+    from safetensors.torch import load_file
+    from test_faults import Trial, command, env, interrupt
+
+    teacher = save_causal(tmp_path / "teacher", "llama")
+    raw = causal_recipe(
+        teacher,
+        pairs_csv,
+        tmp_path / "unused",
+        loss={"on_policy": 0.5},
+        train={"steps": 8, "checkpoint_every": 1, "keep_checkpoints": 2, "log_every": 3},
+    )
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    done = subprocess.run(
+        command(recipe, reference), env=env(tmp_path), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    first = interrupt(
+        command(recipe, out),
+        out,
+        Trial("stages/distill/checkpoints/step_4", 0.0, signal.SIGKILL),
+        env(tmp_path),
+    )
+    assert first.returncode != 0 and not (out / "student").exists()  # stopped inside the student stage
+    resumed = subprocess.run(
+        command(recipe, out, "--resume"), env=env(tmp_path), capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = load_file(str(reference / "student" / "model.safetensors"))
+    b = load_file(str(out / "student" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history = [json.loads((d / "results.json").read_text())["history"] for d in (reference, out)]
+    assert history[0] == history[1]

@@ -151,8 +151,6 @@ def tokenize(splits: DatasetDict, tokenizer: Any, cfg: DataConfig) -> DatasetDic
         tokenized = ds.map(encode, batched=True, remove_columns=drop, desc=f"tokenizing {split}")
         if keep:
             tokenized = tokenized.rename_column("completion", REFERENCE)
-        else:
-            tokenized = tokenized.remove_columns(PROMPT)
         for side, limit in (("prompt", cfg.max_length), ("completion", cfg.max_target_length)):
             cut = sum(tokenized[f"{side}_truncated"])
             if cut:
@@ -193,6 +191,7 @@ class CausalCollator:
                 n = len(r[PROMPT])
                 batch[PROMPT][i, wide - n :] = torch.tensor(r[PROMPT])
                 batch["prompt_mask"][i, wide - n :] = 1
+        if REFERENCE in rows[0]:
             batch[REFERENCE] = [r[REFERENCE] for r in rows]
         return batch
 
@@ -269,3 +268,53 @@ def compute_metrics(predictions: list, references: list, tokenizer: Any = None) 
 
 def metric_inputs(predictions: list, references: list, tokenizer: Any = None) -> tuple[list, list]:
     return decode(tokenizer, predictions), [[r.strip()] for r in references]
+
+
+def sample_completions(
+    model: Any, batch: dict[str, Any], *, temperature: float, max_new_tokens: int
+) -> dict[str, Any]:
+    """On-policy distillation (GKD, Agarwal et al., 2024): a batch whose completions the model
+    samples itself from the batch's prompts, laid out as training batches are (right-padded,
+    ``labels`` the sampled tokens up to and with the end token).
+
+    Sampling draws on torch's global random state, which every checkpoint saves and a resume
+    restores, so the samples of a resumed run are those of the uninterrupted one.
+    """
+    bare = getattr(model, "module", model)  # DistributedDataParallel wraps it
+    config = bare.config
+    eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
+    pad = config.pad_token_id if config.pad_token_id is not None else eos
+    was_training = bare.training
+    bare.eval()
+    try:
+        with torch.no_grad():
+            generated = bare.generate(
+                input_ids=batch[PROMPT],
+                attention_mask=batch["prompt_mask"],
+                do_sample=True,
+                temperature=temperature,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+            )
+    finally:
+        bare.train(was_training)
+    width = batch[PROMPT].shape[1]
+    rows = []
+    for i in range(generated.shape[0]):
+        prompt = batch[PROMPT][i][batch["prompt_mask"][i].bool()].tolist()
+        new = generated[i, width:].tolist()
+        if eos in new:
+            new = new[: new.index(eos) + 1]
+        rows.append(
+            {
+                "input_ids": prompt + new,
+                "labels": [-100] * (len(prompt) - 1) + new + [-100],
+            }
+        )
+    out = CausalCollator.__new__(CausalCollator)
+    out.pad = pad
+    sampled = out(rows)
+    device = batch["input_ids"].device
+    return {k: v.to(device) for k, v in sampled.items()}
