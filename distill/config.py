@@ -405,6 +405,8 @@ class RecipeConfig:
                 raise DistillError(
                     "loss.hidden_weight: hidden-state losses are for classification only, so far"
                 )
+        if self.loss.sequence_kd and self.task == "classification":
+            raise DistillError("loss.sequence_kd: sequence-level KD is for translation and causal_lm")
         if self.loss.on_policy > 0:
             if self.task != "causal_lm":
                 raise DistillError("loss.on_policy: on-policy distillation is for task causal_lm")

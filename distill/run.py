@@ -123,6 +123,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
             out / PSEUDO_DIR,
             settings=pseudo_settings(cfg),
             batch_size=cfg.eval.batch_size,
+            task=task,
         )
         train_split = (
             pseudo if cfg.loss.sequence_kd == "replace" else concatenate_datasets([train_split, pseudo])

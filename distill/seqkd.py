@@ -39,15 +39,19 @@ def pseudo_targets(
     settings: dict[str, Any],
     batch_size: int,
     chunk_size: int = 1024,
+    task: Any = None,
 ) -> Dataset:
     """``train`` (tokenized: input_ids, attention_mask, labels) with the teacher's outputs as labels.
+
+    ``task`` (default translation) may generate and lay out the targets its own way
+    (``teacher_targets``, ``with_targets``: causal_lm completes the prompts).
 
     ``settings`` (beams, length limit, ...) is recorded with the teacher's and the data's
     fingerprints; a finished folder made otherwise is an error rather than silently reused.
     """
 
     def compute(rows: list[int]) -> dict[str, torch.Tensor]:
-        outputs = _generate(accelerator, teacher, train, rows, collate, settings, batch_size)
+        outputs = _generate(accelerator, teacher, train, rows, collate, settings, batch_size, task)
         lengths = torch.tensor([len(o) for o in outputs], dtype=torch.long)
         return {
             "rows": torch.tensor(rows, dtype=torch.long),
@@ -63,6 +67,8 @@ def pseudo_targets(
         shard = load_file(str(folder / name))
         tokens, offsets = shard["tokens"].tolist(), shard["offsets"].tolist()
         outputs += [tokens[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    if task is not None and hasattr(task, "with_targets"):
+        return task.with_targets(train, outputs)
     return train.remove_columns("labels").add_column("labels", outputs)
 
 
@@ -74,6 +80,7 @@ def _generate(
     collate: Callable,
     settings: dict[str, Any],
     batch_size: int,
+    task: Any = None,
 ) -> list[list[int]]:
     """The teacher's outputs for ``rows``, in order (this process generates them all)."""
     outputs: list[list[int]] = []
@@ -81,6 +88,13 @@ def _generate(
     with torch.inference_mode():
         for start in range(0, len(rows), batch_size):
             batch = collate([train[i] for i in rows[start : start + batch_size]])
+            if task is not None and hasattr(task, "teacher_targets"):
+                batch = {
+                    k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v
+                    for k, v in batch.items()
+                }
+                outputs += task.teacher_targets(teacher, batch, settings)
+                continue
             generated = teacher.generate(
                 input_ids=batch["input_ids"].to(accelerator.device),
                 attention_mask=batch["attention_mask"].to(accelerator.device),

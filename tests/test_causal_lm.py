@@ -345,3 +345,47 @@ def test_an_on_policy_run_killed_mid_stage_resumes_to_the_same_weights(tmp_path,
     assert all(torch.equal(a[k], b[k]) for k in a)
     history = [json.loads((d / "results.json").read_text())["history"] for d in (reference, out)]
     assert history[0] == history[1]
+
+
+def test_sequence_level_kd_trains_on_the_teachers_completions(tmp_path, pairs_csv):
+    from datasets import load_from_disk  # noqa: F401  (the store is read through distill itself)
+
+    from distill import seqkd
+    from distill.config import load_recipe
+    from distill.run import prepare
+
+    teacher = save_causal(tmp_path / "teacher", "qwen2")
+    raw = causal_recipe(
+        teacher, pairs_csv, tmp_path / "out", loss={"sequence_kd": "mix", "sequence_kd_beams": 2}
+    )
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    assert main(["run", str(recipe)]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["train_examples"] == 2 * 260  # the references and the teacher's completions
+    plan = prepare(load_recipe(recipe, ["output.overwrite=true"]))
+    train = causal_lm.tokenize(plan.splits, plan.tokenizer, plan.cfg.data)["train"]
+    from accelerate import Accelerator
+
+    from distill.teachers import pseudo_settings
+
+    pseudo = seqkd.pseudo_targets(
+        Accelerator(cpu=True),
+        plan.teacher,
+        train,
+        causal_lm.collator(plan.tokenizer),
+        tmp_path / "out" / "pseudo_targets",  # the run's store: read back, not generated again
+        settings=pseudo_settings(plan.cfg),
+        batch_size=8,
+        task=causal_lm,
+    )
+    model = AutoModelForCausalLM.from_pretrained(teacher).eval()
+    for i in (0, 100):
+        prompt = train[i]["prompt_ids"]
+        with torch.no_grad():
+            out = model.generate(
+                torch.tensor([prompt]), num_beams=2, max_new_tokens=24, do_sample=False, pad_token_id=0
+            )
+        new = out[0, len(prompt) :].tolist()
+        new = new[: new.index(1) + 1] if 1 in new else [t for t in new if t != 0] + [1]  # cut at </s>
+        assert pseudo[i]["input_ids"] == prompt + new
+        assert pseudo[i]["labels"] == [-100] * (len(prompt) - 1) + new + [-100]

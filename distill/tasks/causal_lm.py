@@ -318,3 +318,37 @@ def sample_completions(
     sampled = out(rows)
     device = batch["input_ids"].device
     return {k: v.to(device) for k, v in sampled.items()}
+
+
+def teacher_targets(model: Any, batch: dict[str, Any], settings: dict[str, Any]) -> list[list[int]]:
+    """Sequence-level KD: the teacher's completions of the batch's prompts (beam search with the
+    recipe's beams, greedy with 1), each ending with the end token."""
+    config = model.config
+    eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
+    pad = config.pad_token_id if config.pad_token_id is not None else eos
+    generated = model.generate(
+        input_ids=batch[PROMPT],
+        attention_mask=batch["prompt_mask"],
+        num_beams=settings["num_beams"],
+        max_new_tokens=settings["max_new_tokens"],
+        do_sample=False,
+        pad_token_id=pad,
+    )
+    outputs = []
+    for row in generated[:, batch[PROMPT].shape[1] :].tolist():
+        outputs.append(row[: row.index(eos) + 1] if eos in row else [t for t in row if t != pad] + [eos])
+    return outputs
+
+
+def with_targets(train: Any, completions: list[list[int]]) -> Any:
+    """``train`` with each prompt followed by the given completion (labels on the completion)."""
+    prompts = train[PROMPT]
+    columns: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
+    for p, c in zip(prompts, completions, strict=True):
+        columns["input_ids"].append(p + c)
+        columns["attention_mask"].append([1] * (len(p) + len(c)))
+        columns["labels"].append([-100] * (len(p) - 1) + c + [-100])
+    out = train.remove_columns([k for k in columns if k in train.column_names])
+    for key, values in columns.items():
+        out = out.add_column(key, values)
+    return out.cast(train.features)  # the same column types, so that it concatenates with train
