@@ -42,15 +42,21 @@ def make_causal_tokenizer(folder):
     return tok
 
 
-def save_causal(folder, family: str, layers: int = 4):
+def save_causal(folder, family: str, layers: int = 4, positions: int = 64):
     """A tiny decoder-only teacher with the word-level tokenizer (pad 0, </s> 1 as its end token)."""
     import transformers as tf
 
     tok = make_causal_tokenizer(folder)
+    tok.chat_template = (  # a user turn and the assistant's cue, as instruction models have
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    tok.model_max_length = positions
+    tok.save_pretrained(folder)
     ids = dict(vocab_size=len(tok), pad_token_id=0, eos_token_id=1, bos_token_id=1)
     torch.manual_seed(0)
     if family == "gpt2":
-        config = tf.GPT2Config(n_embd=32, n_layer=layers, n_head=2, n_positions=64, **ids)
+        config = tf.GPT2Config(n_embd=32, n_layer=layers, n_head=2, n_positions=positions, **ids)
     elif family == "llama":
         config = tf.LlamaConfig(
             hidden_size=32,
@@ -58,7 +64,7 @@ def save_causal(folder, family: str, layers: int = 4):
             num_hidden_layers=layers,
             num_attention_heads=2,
             num_key_value_heads=1,
-            max_position_embeddings=64,
+            max_position_embeddings=positions,
             **ids,
         )
     else:
@@ -68,7 +74,7 @@ def save_causal(folder, family: str, layers: int = 4):
             num_hidden_layers=layers,
             num_attention_heads=2,
             num_key_value_heads=1,
-            max_position_embeddings=64,
+            max_position_embeddings=positions,
             **ids,
         )
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)

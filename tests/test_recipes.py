@@ -88,6 +88,17 @@ def test_hub_recipe_validates_against_local_stand_ins(path, tmp_path):
         files = {data.train_split: str(write_csv(tmp_path / "train.csv", rows))}
         if data.test_split:
             files[data.test_split] = str(write_csv(tmp_path / "test.csv", rows[:50]))
+    elif cfg.task == "causal_lm":
+        from test_causal_lm import save_causal
+
+        # Qwen2 stand-ins with a chat template, positions for the recipe's prompt + completion
+        teacher = save_causal(tmp_path / "teacher", "qwen2", positions=1024)
+        student = save_causal(tmp_path / "student", "qwen2", layers=2, positions=1024)
+        overrides.append(f"student.name_or_path={student}")
+        rows = [
+            {data.prompt_column: r["en"], data.completion_column: r["fr"]} for r in translation_rows(1200)
+        ]
+        files = {data.train_split: str(write_csv(tmp_path / "train.csv", rows))}
     else:
         shape = {"max_position_embeddings": 512}  # as the hub models: the recipe's lengths must fit
         teacher = save_tiny_marian(tmp_path / "teacher", encoder_layers=6, decoder_layers=6, **shape)

@@ -91,12 +91,17 @@ def check_compatible(teacher_config: Any, config: Any, what: str) -> None:
 
 def _prompt_ids(tokenizer: Any, prompts: list[str], chat: bool) -> list[list[int]]:
     if chat:
-        return [
-            tokenizer.apply_chat_template(
+        if not getattr(tokenizer, "chat_template", None):
+            raise DistillError(
+                "data.chat_template: the tokenizer has no chat template; set data.chat_template=false"
+            )
+        out = []
+        for p in prompts:
+            ids = tokenizer.apply_chat_template(
                 [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True
             )
-            for p in prompts
-        ]
+            out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))  # transformers 5: a mapping
+        return out
     probe = tokenizer("a")["input_ids"]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     adds_bos = bos is not None and probe[:1] == [bos]
