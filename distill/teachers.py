@@ -22,7 +22,9 @@ from distill.tokenizer_training import check_round_trip, train_tokenizer
 def stage_settings(cfg: RecipeConfig) -> dict[str, Any]:
     """What decides the fine-tuned teacher: reuse it only if all of this is unchanged."""
     settings: dict[str, Any] = {
-        f"teacher.{k}": v for k, v in to_dict(cfg.teacher).items() if k not in ("dtype", "finetune", "train")
+        f"teacher.{k}": v
+        for k, v in to_dict(cfg.teacher).items()
+        if k not in ("dtype", "finetune", "train") and not k.startswith("cache")  # how it is used later
     }
     stage = "train" if cfg.teacher.architecture else "finetune"
     settings.update({f"teacher.{stage}.{k}": v for k, v in to_dict(cfg.teacher.stage).items()})
