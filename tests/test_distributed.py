@@ -174,3 +174,28 @@ def test_two_processes_build_the_same_teacher_store_each_writing_its_shards(tmp_
     la = [h["train/loss"] for h in _history(one)]
     lb = [h["train/loss"] for h in _history(two)]
     assert la == pytest.approx(lb, rel=1e-4)
+
+
+def test_two_processes_distil_a_decoder_only_model_as_one(tmp_path, pairs_csv):
+    """causal_lm, token-level KD: 2 processes x 4 examples give the losses of 1 process x 8."""
+    from test_causal_lm import causal_recipe, save_causal
+
+    teacher = save_causal(tmp_path / "teacher", "llama")
+    raw = causal_recipe(teacher, pairs_csv, tmp_path / "unused", train={"steps": 4, "log_every": 1})
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    one, two = tmp_path / "one", tmp_path / "two"
+    launch(
+        [sys.executable, "-m", "distill.cli", "run", str(recipe), f"output.dir={one}", "train.batch_size=8"],
+        tmp_path,
+    )
+    launch(torchrun(recipe, two, "train.batch_size=4"), tmp_path)
+    la = [h["train/loss"] for h in _history(one)]
+    lb = [h["train/loss"] for h in _history(two)]
+    assert len(la) == len(lb) == 4
+    assert la == pytest.approx(lb, rel=1e-4)
+    ra, rb = read_report(one), read_report(two)
+    assert ra["examples"] == rb["examples"] == 20
+    for model in ("teacher", "student"):
+        ma, mb = ra["by_name"][model]["metrics"], rb["by_name"][model]["metrics"]
+        assert ma["perplexity"] == pytest.approx(mb["perplexity"], rel=1e-4), model
+        assert ma["chrf"] == pytest.approx(mb["chrf"], rel=1e-3), model
