@@ -12,6 +12,10 @@ Both models are resident in every measurement, so the ratios compare the steps, 
 - kd_whole:  the same with the KL computed over all tokens at once (loss.chunk_tokens=0)
 - kd_topk:   the student reading top-32 soft labels from a store (teacher.cache: true), chunked
 
+With --decoder-only, the pair is a Qwen2-style teacher (d 512, 8 layers) and a 2-layer student
+copied from it, on prompt + completion sequences (python benchmarks/kd_memory.py --decoder-only
+--vocab 151936 --batch 4 --src-len 64 --tgt-len 64).
+
 The kd step takes the teacher's logits chunk by chunk from its last hidden states and output head
 (losses.TeacherHead), so no [tokens, vocabulary] teacher logits exist either.
 
@@ -51,6 +55,8 @@ def measure(variant: str, args: argparse.Namespace) -> dict[str, float]:
     from distill.tasks import translation
 
     torch.manual_seed(0)
+    if args.decoder_only:
+        return measure_decoder_only(variant, args)
     config = MarianConfig(
         vocab_size=args.vocab,
         d_model=512,
@@ -135,6 +141,103 @@ def measure(variant: str, args: argparse.Namespace) -> dict[str, float]:
     }
 
 
+def measure_decoder_only(variant: str, args: argparse.Namespace) -> dict[str, float]:
+    """The same steps for a decoder-only pair: a Qwen2-style teacher (d 512, 8 layers, vocabulary
+    ``--vocab``) and a 2-layer student copied from it, on ``batch`` sequences of ``src-len`` prompt
+    + ``tgt-len`` completion tokens (the loss on the completion)."""
+    from accelerate import Accelerator
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from distill.config import LossConfig
+    from distill.loop import LossStep, backward_step
+    from distill.modeling import copy_layers, freeze
+    from distill.tasks import causal_lm
+
+    config = Qwen2Config(
+        vocab_size=args.vocab,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    teacher = Qwen2ForCausalLM(config)
+    student = copy_layers(teacher, [0, 7])
+    teacher = freeze(teacher, args.teacher_dtype)
+    accelerator = Accelerator(cpu=args.device == "cpu")
+    device = accelerator.device
+    teacher.to(device)
+    student, optimizer = accelerator.prepare(student, torch.optim.AdamW(student.parameters(), lr=1e-5))
+    student.train()
+    g = torch.Generator().manual_seed(1)
+    length = args.src_len + args.tgt_len
+    ids = torch.randint(2, args.vocab, (args.batch, length), generator=g)
+    labels = torch.full_like(ids, -100)
+    labels[:, args.src_len - 1 : -1] = ids[:, args.src_len :]  # position t gives token t + 1
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    batch = {k: v.to(device) for k, v in batch.items()}
+    chunk = 0 if variant == "kd_whole" else args.chunk
+    loss = LossConfig(alpha=0.5, temperature=2.0, chunk_tokens=chunk)
+    loss_step = LossStep(causal_lm, loss, teacher=teacher)
+    if variant == "kd_topk":
+        from distill.losses import top_k_of
+
+        with torch.inference_mode():
+            top = top_k_of(teacher(**causal_lm.model_inputs(batch)).logits, 32, loss.temperature)
+        top.logprobs, top.ids, top.tail = top.logprobs.clone(), top.ids.to(torch.int32), top.tail.clone()
+
+        class Stored:
+            def batch(self, rows: torch.Tensor, labels: torch.Tensor):
+                return top
+
+        batch["row"] = torch.arange(args.batch, device=device)
+        loss_step = LossStep(causal_lm, loss, store=Stored())
+
+    def step() -> None:
+        if variant == "ce":
+            out = student(**causal_lm.model_inputs(batch))
+            from distill.losses import hard_ce
+
+            accelerator.backward(hard_ce(out.logits, batch["labels"]) / (batch["labels"] != -100).sum())
+        else:
+            backward_step(accelerator, student, loss_step, [batch])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return _peak(step, args, device)
+
+
+def _peak(step, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    step()  # warm-up: optimizer state exists from here on, as in training
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        before = rss_kb("VmRSS") * 1024
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        step()
+        peak = rss_kb("VmHWM") * 1024
+    return {
+        "peak_mb": peak / 2**20,
+        "working_mb": (peak - before) / 2**20,
+        "step_s": statistics.median(times),
+    }
+
+
 def main() -> None:
     from distill.config import LossConfig
 
@@ -147,6 +250,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=LossConfig.chunk_tokens, help="loss.chunk_tokens")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--teacher-dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--decoder-only", action="store_true", help="a Qwen2-style pair (use --vocab 151936)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -159,14 +263,23 @@ def main() -> None:
             torch.cuda.empty_cache()
             results[variant] = measure(variant, args)
         else:  # a fresh process each: a peak of resident memory cannot be reset across allocations already freed
-            cmd = [sys.executable, __file__, "--variant", variant] + [
-                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "variant"
+            flags = [
+                f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}"
+                for k, v in vars(args).items()
+                if k != "variant" and v is not False
             ]
+            cmd = [sys.executable, __file__, "--variant", variant, *flags]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             results[variant] = json.loads(out.strip().splitlines()[-1])
+    pair = (
+        "teacher 8 layers d512 (Qwen2-style), student 2"
+        if args.decoder_only
+        else "teacher 6+6 layers d512, student 6+1"
+    )
+    what = "prompt" if args.decoder_only else "source"
     print(
-        f"device {args.device}, batch {args.batch}, source {args.src_len} / target {args.tgt_len} tokens, "
-        f"vocabulary {args.vocab}, teacher 6+6 layers d512 ({args.teacher_dtype}), student 6+1"
+        f"device {args.device}, batch {args.batch}, {what} {args.src_len} / target {args.tgt_len} tokens, "
+        f"vocabulary {args.vocab}, {pair} ({args.teacher_dtype})"
     )
     print(f"{'step':<10}{'peak MB':>10}{'working MB':>12}{'time s':>9}")
     for variant, r in results.items():
