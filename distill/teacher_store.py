@@ -167,7 +167,13 @@ def build(
 
     build_shards(accelerator, teacher, dataset, folder, settings=settings, chunk=chunk, compute=compute)
     store = TeacherStore(folder, top_k=top_k > 0)
-    per = f", {store.bytes / max(store.tokens, 1):.0f} bytes per target token" if top_k else ""
+    per = ""
+    if top_k:
+        lost = float(store.tail.float().exp().mean()) if store.tokens else 0.0
+        per = (
+            f", {store.bytes / max(store.tokens, 1):.0f} bytes per target token; the teacher's mean "
+            f"probability outside its top {top_k}: {lost:.2e}"
+        )
     accelerator.print(f"teacher outputs: {folder} ({store.bytes / 2**20:.1f} MiB in memory{per})")
     return store
 
