@@ -266,6 +266,9 @@ def _write_shard(folder: Path, name: str, tensors: dict[str, torch.Tensor]) -> N
     tmp = path.with_name(f"{atomic.PARTIAL}{name}")
     with atomic.disk_errors(path):
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as any file the run writes (safetensors makes it private)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         tmp.replace(path)
