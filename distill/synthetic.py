@@ -29,7 +29,8 @@ def num2words_pairs(cfg: DataConfig) -> DatasetDict:
         raise DistillError(
             "data.synthetic: num2words needs the num2words package (pip install num2words)"
         ) from None
-    src, tgt = cfg.source_column, cfg.target_column
+    # translation names the languages as source/target columns, causal_lm as prompt/completion columns
+    src, tgt = cfg.source_column or cfg.prompt_column, cfg.target_column or cfg.completion_column
     for lang in (src, tgt):
         try:
             num2words(1, lang=lang)

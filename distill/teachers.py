@@ -56,7 +56,7 @@ def new_teacher_config(cfg: RecipeConfig, raw: DatasetDict, task: ModuleType) ->
                 yield from (value.values() if isinstance(value, dict) else [value])
 
     tokenizer = train_tokenizer(
-        texts(), cfg.teacher.tokenizer_vocab_size, model_max_length=cfg.data.max_length
+        texts(), cfg.teacher.tokenizer_vocab_size, model_max_length=task.max_input_length(None, cfg.data)
     )
     held_out = [raw[s] for s in ("validation", "test") if s in raw]
     check_round_trip(
