@@ -220,5 +220,17 @@ def _say_stopped(signum: int, argv: list[str]) -> None:
     print(f"\ndistill: stopped by {name}; {advice}", file=sys.stderr)
 
 
+def entry() -> None:
+    """The ``distill`` command. A run stopped by a signal leaves without the interpreter's
+    finalization: everything it keeps is already written atomically, and finalizing while library
+    threads (data loading, logging) still run can abort the process instead of exiting 128 + signal."""
+    code = main()
+    if code > 128:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
