@@ -224,7 +224,11 @@ def entry() -> None:
     """The ``distill`` command. A run stopped by a signal leaves without the interpreter's
     finalization: everything it keeps is already written atomically, and finalizing while library
     threads (data loading, logging) still run can abort the process instead of exiting 128 + signal."""
-    code = main()
+    try:
+        code = main()
+    except BrokenPipeError:  # `distill recipes | head`: the reader left; no traceback (Python's advice)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     if code > 128:
         sys.stdout.flush()
         sys.stderr.flush()
