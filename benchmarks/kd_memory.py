@@ -114,31 +114,7 @@ def measure(variant: str, args: argparse.Namespace) -> dict[str, float]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()  # warm-up: optimizer state exists from here on, as in training
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        before = rss_kb("VmRSS") * 1024
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        step()
-        peak = rss_kb("VmHWM") * 1024
-    return {
-        "peak_mb": peak / 2**20,
-        "working_mb": (peak - before) / 2**20,
-        "step_s": statistics.median(times),
-    }
+    return _peak(step, args, device)
 
 
 def measure_decoder_only(variant: str, args: argparse.Namespace) -> dict[str, float]:
