@@ -50,7 +50,7 @@ def measure(variant: str, args: argparse.Namespace) -> dict[str, float]:
     from transformers import MarianConfig, MarianMTModel
 
     from distill.config import LossConfig
-    from distill.loop import LossStep, backward_step
+    from distill.loop import backward_step
     from distill.modeling import copy_encoder_decoder_layers, freeze
     from distill.tasks import translation
 
@@ -91,20 +91,7 @@ def measure(variant: str, args: argparse.Namespace) -> dict[str, float]:
     batch = {k: v.to(device) for k, v in batch.items()}
     chunk = 0 if variant == "kd_whole" else args.chunk
     loss = LossConfig(alpha=0.5, temperature=2.0, chunk_tokens=chunk)
-    loss_step = LossStep(translation, loss, teacher=teacher)
-    if variant == "kd_topk":
-        from distill.losses import top_k_of
-
-        with torch.inference_mode():
-            top = top_k_of(teacher(**translation.model_inputs(batch)).logits, 32, loss.temperature)
-        top.logprobs, top.ids, top.tail = top.logprobs.clone(), top.ids.to(torch.int32), top.tail.clone()
-
-        class Stored:  # what TeacherStore.batch gives for this batch
-            def batch(self, rows: torch.Tensor, labels: torch.Tensor):
-                return top
-
-        batch["row"] = torch.arange(args.batch, device=device)
-        loss_step = LossStep(translation, loss, store=Stored())
+    loss_step = _loss_step(variant, translation, loss, teacher, batch, args.batch, device)
 
     def step() -> None:
         if variant == "ce":
@@ -117,6 +104,26 @@ def measure(variant: str, args: argparse.Namespace) -> dict[str, float]:
     return _peak(step, args, device)
 
 
+def _loss_step(variant, task, loss, teacher, batch, batch_size, device):  # noqa: ANN001, ANN202
+    """LossStep of a variant: the teacher online, or (kd_topk) top-32 soft labels as a store gives
+    them for this batch (``batch`` gets the row ids a store reads by)."""
+    from distill.loop import LossStep
+    from distill.losses import top_k_of
+
+    if variant != "kd_topk":
+        return LossStep(task, loss, teacher=teacher)
+    with torch.inference_mode():
+        top = top_k_of(teacher(**task.model_inputs(batch)).logits, 32, loss.temperature)
+    top.logprobs, top.ids, top.tail = top.logprobs.clone(), top.ids.to(torch.int32), top.tail.clone()
+
+    class Stored:  # what TeacherStore.batch gives for this batch
+        def batch(self, rows: torch.Tensor, labels: torch.Tensor):  # noqa: ANN202
+            return top
+
+    batch["row"] = torch.arange(batch_size, device=device)
+    return LossStep(task, loss, store=Stored())
+
+
 def measure_decoder_only(variant: str, args: argparse.Namespace) -> dict[str, float]:
     """The same steps for a decoder-only pair: a Qwen2-style teacher (d 512, 8 layers, vocabulary
     ``--vocab``) and a 2-layer student copied from it, on ``batch`` sequences of ``src-len`` prompt
@@ -125,7 +132,7 @@ def measure_decoder_only(variant: str, args: argparse.Namespace) -> dict[str, fl
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from distill.config import LossConfig
-    from distill.loop import LossStep, backward_step
+    from distill.loop import backward_step
     from distill.modeling import copy_layers, freeze
     from distill.tasks import causal_lm
 
@@ -157,20 +164,7 @@ def measure_decoder_only(variant: str, args: argparse.Namespace) -> dict[str, fl
     batch = {k: v.to(device) for k, v in batch.items()}
     chunk = 0 if variant == "kd_whole" else args.chunk
     loss = LossConfig(alpha=0.5, temperature=2.0, chunk_tokens=chunk)
-    loss_step = LossStep(causal_lm, loss, teacher=teacher)
-    if variant == "kd_topk":
-        from distill.losses import top_k_of
-
-        with torch.inference_mode():
-            top = top_k_of(teacher(**causal_lm.model_inputs(batch)).logits, 32, loss.temperature)
-        top.logprobs, top.ids, top.tail = top.logprobs.clone(), top.ids.to(torch.int32), top.tail.clone()
-
-        class Stored:
-            def batch(self, rows: torch.Tensor, labels: torch.Tensor):
-                return top
-
-        batch["row"] = torch.arange(args.batch, device=device)
-        loss_step = LossStep(causal_lm, loss, store=Stored())
+    loss_step = _loss_step(variant, causal_lm, loss, teacher, batch, args.batch, device)
 
     def step() -> None:
         if variant == "ce":
