@@ -69,6 +69,7 @@ def main() -> None:
         "labels": labels,
         "prompt_ids": prompt,
         "prompt_mask": torch.ones_like(prompt),
+        "row": torch.arange(args.batch),  # on-policy samples are seeded per training example
     }
     batch = {k: v.to(accelerator.device) for k, v in batch.items()}
     steps = {

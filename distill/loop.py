@@ -210,7 +210,7 @@ def train(
     try:
         for step in range(start_step + 1, cfg.steps + 1):
             micro = [next(batches) for _ in range(accum)]
-            totals = backward_step(accelerator, student, loss_step, micro)
+            totals = backward_step(accelerator, student, loss_step, micro, seed=cfg.seed, step=step)
             running += torch.stack([totals[k] for k in LOGGED_TERMS])
             first_bad = optimizer_step(
                 accelerator,
@@ -268,25 +268,34 @@ def train(
 
 
 def backward_step(
-    accelerator: Accelerator, model: nn.Module, loss_step: LossStep, micro_batches: list[dict[str, Tensor]]
+    accelerator: Accelerator,
+    model: nn.Module,
+    loss_step: LossStep,
+    micro_batches: list[dict[str, Tensor]],
+    *,
+    seed: int = 0,
+    step: int = 0,
 ) -> dict[str, Tensor]:
     """Accumulate the gradient of one optimizer step over its micro-batches.
 
     The loss is divided once by the number of real items in all micro-batches of all processes,
     and multiplied by the number of processes since DDP averages gradients: the result is the
     gradient of the mean loss over the global batch, however it is split. Returns this process's
-    summed loss terms (not normalised, detached), for logging. Nothing here waits for the device:
-    counts and totals stay tensors.
+    summed loss terms (not normalised, detached), for logging. Nothing here waits for the device
+    (but on-policy sampling): counts and totals stay tensors. ``seed`` and ``step`` seed on-policy
+    draws (:meth:`LossStep.draw`).
     """
-    local_items = torch.stack([(b["labels"] != -100).sum() for b in micro_batches]).sum()
+    # On-policy batches are sampled first: their items are the sampled tokens.
+    drawn = [loss_step.draw(model, b, seed=seed, step=step, index=i) for i, b in enumerate(micro_batches)]
+    local_items = torch.stack([(b["labels"] != -100).sum() for b, _ in drawn]).sum()
     global_items = accelerator.reduce(local_items, "sum") if accelerator.num_processes > 1 else local_items
     scale = accelerator.num_processes / global_items.clamp(min=1).float()
     totals: dict[str, Tensor] = {}
-    for i, batch in enumerate(micro_batches):
+    for i, (batch, sampled) in enumerate(drawn):
         # Gradients are all-reduced once per optimizer step, on its last micro-batch.
-        last = i == len(micro_batches) - 1
+        last = i == len(drawn) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model), accelerator.autocast():
-            terms = loss_step(model, batch)
+            terms = loss_step(model, batch, on_policy=sampled)
             accelerator.backward(terms["loss"] * scale)
         for k in LOGGED_TERMS:
             value = terms[k].detach().float()

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 from types import ModuleType
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -79,15 +80,36 @@ class LossStep:
                 return lazy
             return self.teacher(**inputs).logits
 
-    def __call__(self, student: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        loss = self.loss
-        # GKD: with probability loss.on_policy, the student's own completions of the prompts; the
-        # draw is from torch's global random state, which checkpoints save (exact resume).
-        if self.on_policy and torch.rand(()).item() < self.on_policy:
-            batch = self.task.sample_completions(
-                student, batch, temperature=loss.on_policy_temperature, max_new_tokens=self.max_new_tokens
-            )
-            loss = self.soft_only
+    def draw(
+        self, student: nn.Module, batch: dict[str, Tensor], *, seed: int, step: int, index: int = 0
+    ) -> tuple[dict[str, Tensor], bool]:
+        """GKD: with probability ``loss.on_policy``, the student's own completions of the batch's
+        prompts instead of the batch (returns the batch to train on, and whether it is sampled).
+
+        The draw and each example's sample are seeded by (seed, optimizer step, micro-batch index)
+        and (seed, step, example): every process draws the same, an example samples the same
+        whichever process has it, and a resumed run the same as an uninterrupted one.
+        """
+        if not self.on_policy:
+            return batch, False
+        if np.random.default_rng([seed, step, index]).random() >= self.on_policy:
+            return batch, False
+        seeds = self.task.row_seeds(seed, step, batch[ROW].tolist())
+        sampled = self.task.sample_completions(
+            student,
+            batch,
+            seeds=seeds,
+            temperature=self.loss.on_policy_temperature,
+            max_new_tokens=self.max_new_tokens,
+        )
+        return sampled, True
+
+    def __call__(
+        self, student: nn.Module, batch: dict[str, Tensor], on_policy: bool = False
+    ) -> dict[str, Tensor]:
+        """The loss terms of ``batch``; ``on_policy``: the batch is the student's own samples (from
+        :meth:`draw`), scored by the divergence from the teacher alone (there is no reference)."""
+        loss = self.soft_only if on_policy else self.loss
         labels = batch["labels"]
         inputs = {k: v for k, v in self.task.model_inputs(batch).items() if k != ROW}
         per_token_chunked = (

@@ -259,14 +259,21 @@ def test_sampled_completions_are_laid_out_as_training_batches(tmp_path):
 
     folder = save_causal(tmp_path / "t", "llama")
     model = AutoModelForCausalLM.from_pretrained(folder).train()
+    # A chat model's generation config narrows sampling; on-policy samples ignore it.
+    model.generation_config.update(top_k=1, repetition_penalty=100.0, do_sample=True)
     tok = AutoTokenizer.from_pretrained(folder)
-    splits = DatasetDict(train=Dataset.from_dict({"prompt": ["one two", "three"], "completion": ["un", "x"]}))
+    prompts = ["one two", "three", "four five six", "seven"]
+    splits = DatasetDict(train=Dataset.from_dict({"prompt": prompts, "completion": ["un", "x", "y", "z"]}))
     rows = causal_lm.tokenize(splits, tok, DataConfig(files={"train": "x"}))["train"]
-    batch = causal_lm.collator(tok)([rows[0], rows[1]])
-    torch.manual_seed(3)
-    sampled = causal_lm.sample_completions(model, batch, temperature=1.0, max_new_tokens=5)
+    collate = causal_lm.collator(tok)
+    seeds = causal_lm.row_seeds(7, 3, [0, 1, 2, 3])
+    assert len(set(seeds)) == 4 and seeds != causal_lm.row_seeds(7, 4, [0, 1, 2, 3])
+    batch = collate([rows[i] for i in range(4)])
+    sampled = causal_lm.sample_completions(model, batch, seeds=seeds, temperature=1.0, max_new_tokens=5)
     assert model.training  # left as it was
-    for i in range(2):
+    assert model.generation_config.top_k == 1  # and its generation config too
+    news = []
+    for i in range(4):
         prompt = rows[i]["prompt_ids"]
         n = int(sampled["attention_mask"][i].sum())
         ids, labels = sampled["input_ids"][i, :n].tolist(), sampled["labels"][i, :n].tolist()
@@ -275,9 +282,35 @@ def test_sampled_completions_are_laid_out_as_training_batches(tmp_path):
         assert 1 <= len(new) <= 5 and (1 not in new[:-1])  # stops at the first end token
         assert labels == [-100] * (len(prompt) - 1) + new + [-100]
         assert (sampled["labels"][i, n:] == -100).all()
-    torch.manual_seed(3)
-    again = causal_lm.sample_completions(model, batch, temperature=1.0, max_new_tokens=5)
-    assert torch.equal(again["input_ids"], sampled["input_ids"])  # the global random state decides
+        news.append(new)
+    # Sampled, not the greedy completions that top_k=1 (and the model's penalty) would give.
+    greedy = model.generate(
+        input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], do_sample=False, max_new_tokens=5
+    )
+    width = batch["prompt_ids"].shape[1]
+    assert any(new != greedy[i, width:].tolist()[: len(new)] for i, new in enumerate(news))
+    # A row's sample depends on its seed only: alone, or beside other rows, it is the same.
+    for i in (0, 2):
+        alone = causal_lm.sample_completions(
+            model, collate([rows[i]]), seeds=[seeds[i]], temperature=1.0, max_new_tokens=5
+        )
+        n = int(alone["attention_mask"][0].sum())
+        assert alone["input_ids"][0, :n].tolist()[len(rows[i]["prompt_ids"]) :] == news[i]
+    other = causal_lm.sample_completions(
+        model, batch, seeds=causal_lm.row_seeds(8, 3, [0, 1, 2, 3]), temperature=1.0, max_new_tokens=5
+    )
+    assert not torch.equal(other["input_ids"], sampled["input_ids"])
+
+
+def test_sampling_by_gumbel_noise_follows_the_softmax_at_the_temperature():
+    logits = torch.tensor([[2.0, 0.0, -1.0, 1.0]])
+    for temperature in (1.0, 0.5):
+        picks = torch.zeros(4)
+        for seed in range(4000):
+            processor = causal_lm._RowGumbel([seed], temperature, torch.device("cpu"))
+            picks[processor(None, logits).argmax()] += 1
+        expected = torch.softmax(logits[0] / temperature, -1)
+        assert torch.allclose(picks / 4000, expected, atol=0.03), (temperature, picks / 4000, expected)
 
 
 def test_on_policy_batches_are_deterministic_and_change_the_student(tmp_path, pairs_csv, monkeypatch):

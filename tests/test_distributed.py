@@ -177,11 +177,22 @@ def test_two_processes_build_the_same_teacher_store_each_writing_its_shards(tmp_
 
 
 def test_two_processes_distil_a_decoder_only_model_as_one(tmp_path, pairs_csv):
-    """causal_lm, token-level KD: 2 processes x 4 examples give the losses of 1 process x 8."""
+    """causal_lm, token-level and on-policy KD: 2 processes x 4 examples give the losses of 1
+    process x 8 (each example's sample is seeded by itself, not by the process that has it)."""
+    import numpy as np
     from test_causal_lm import causal_recipe, save_causal
 
     teacher = save_causal(tmp_path / "teacher", "llama")
-    raw = causal_recipe(teacher, pairs_csv, tmp_path / "unused", train={"steps": 4, "log_every": 1})
+    raw = causal_recipe(
+        teacher,
+        pairs_csv,
+        tmp_path / "unused",
+        loss={"on_policy": 0.5},
+        train={"steps": 4, "log_every": 1, "seed": 5},
+    )
+    # Steps 2 and 4 train on the student's samples, 1 and 3 on the data (the draws, seeded by step).
+    draws = [np.random.default_rng([5, step, 0]).random() < 0.5 for step in range(1, 5)]
+    assert draws == [False, True, False, True]
     recipe = write_recipe(tmp_path / "r.yaml", raw)
     one, two = tmp_path / "one", tmp_path / "two"
     launch(
@@ -193,6 +204,9 @@ def test_two_processes_distil_a_decoder_only_model_as_one(tmp_path, pairs_csv):
     lb = [h["train/loss"] for h in _history(two)]
     assert len(la) == len(lb) == 4
     assert la == pytest.approx(lb, rel=1e-4)
+    # Sampled batches are scored by the divergence alone; the data's mix it with cross-entropy.
+    for entry, sampled in zip(_history(two), draws, strict=True):
+        assert (entry["train/loss"] == pytest.approx(entry["train/soft"], rel=1e-6)) == sampled, entry
     ra, rb = read_report(one), read_report(two)
     assert ra["examples"] == rb["examples"] == 20
     for model in ("teacher", "student"):

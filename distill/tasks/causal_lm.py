@@ -20,10 +20,11 @@ import logging
 import math
 from typing import Any
 
+import numpy as np
 import sacrebleu
 import torch
 from datasets import DatasetDict
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from distill.config import DataConfig
 from distill.errors import DistillError
@@ -275,40 +276,73 @@ def metric_inputs(predictions: list, references: list, tokenizer: Any = None) ->
     return decode(tokenizer, predictions), [[r.strip()] for r in references]
 
 
+class _RowGumbel(LogitsProcessor):
+    """Sampling from ``softmax(logits / temperature)`` by the Gumbel-max trick under greedy search:
+    each row's noise comes from its own generator, so what a row samples does not depend on the
+    other rows of its batch (nor on how many processes share the global batch)."""
+
+    def __init__(self, seeds: list[int], temperature: float, device: torch.device):
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.temperature = temperature
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        width = scores.shape[-1]
+        uniform = torch.stack(
+            [
+                torch.rand(width, generator=g, device=scores.device, dtype=torch.float32)
+                for g in self.generators
+            ]
+        )
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(torch.finfo(torch.float32).tiny)))
+        return scores.float() / self.temperature + gumbel
+
+
+def row_seeds(seed: int, step: int, rows: list[int]) -> list[int]:
+    """One sampling seed per (training seed, optimizer step, training example)."""
+    return [int(np.random.SeedSequence([seed, step, r]).generate_state(1, np.uint64)[0] >> 1) for r in rows]
+
+
 def sample_completions(
-    model: Any, batch: dict[str, Any], *, temperature: float, max_new_tokens: int
+    model: Any, batch: dict[str, Any], *, seeds: list[int], temperature: float, max_new_tokens: int
 ) -> dict[str, Any]:
     """On-policy distillation (GKD, Agarwal et al., 2024): a batch whose completions the model
     samples itself from the batch's prompts, laid out as training batches are (right-padded,
     ``labels`` the sampled tokens up to and with the end token).
 
-    Sampling draws on torch's global random state, which every checkpoint saves and a resume
-    restores, so the samples of a resumed run are those of the uninterrupted one.
+    Row i samples from the model's own distribution at ``temperature`` (no top-k, top-p or
+    repetition penalty from the model's generation config) with the random stream ``seeds[i]``:
+    the same seeds give the same completions whatever the batch around them, so a resumed run
+    and a run split over several processes sample what one uninterrupted process does.
     """
     bare = getattr(model, "module", model)  # DistributedDataParallel wraps it
     config = bare.config
     eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
     pad = config.pad_token_id if config.pad_token_id is not None else eos
-    was_training = bare.training
+    prompts = batch[PROMPT]
+    was_training, own = bare.training, bare.generation_config
+    # generate() fills what a passed config leaves unset from the model's generation config (a
+    # chat model's top_k, top_p, repetition_penalty...): a bare one leaves the distribution alone.
+    bare.generation_config = GenerationConfig(
+        eos_token_id=eos, pad_token_id=pad, bos_token_id=config.bos_token_id
+    )
     bare.eval()
     try:
         with torch.no_grad():
             generated = bare.generate(
-                input_ids=batch[PROMPT],
+                input_ids=prompts,
                 attention_mask=batch["prompt_mask"],
-                do_sample=True,
-                temperature=temperature,
-                top_k=0,
-                top_p=1.0,
+                do_sample=False,  # the argmax of the logits plus Gumbel noise is the sample
+                num_beams=1,
+                logits_processor=LogitsProcessorList([_RowGumbel(seeds, temperature, prompts.device)]),
                 max_new_tokens=max_new_tokens,
-                pad_token_id=pad,
             )
     finally:
+        bare.generation_config = own
         bare.train(was_training)
-    width = batch[PROMPT].shape[1]
+    width = prompts.shape[1]
     rows = []
     for i in range(generated.shape[0]):
-        prompt = batch[PROMPT][i][batch["prompt_mask"][i].bool()].tolist()
+        prompt = prompts[i][batch["prompt_mask"][i].bool()].tolist()
         new = generated[i, width:].tolist()
         if eos in new:
             new = new[: new.index(eos) + 1]
