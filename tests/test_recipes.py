@@ -68,6 +68,36 @@ def test_num2words_recipe_validates_offline(tmp_path):
         assert plan.tokenizer.decode(ids, skip_special_tokens=True) == text
 
 
+def test_decoder_only_num2words_recipe_validates_and_runs_offline_when_shrunk(tmp_path):
+    from distill.cli import main
+
+    path = RECIPES[[p.stem for p in RECIPES].index("num2words_causal_en_fr")]
+    cfg = load_recipe(path, [f"output.dir={tmp_path / 'n'}"])
+    assert cfg.task == "causal_lm" and cfg.loss.on_policy > 0 and cfg.loss.sequence_kd == "mix"
+    plan = prepare(cfg)
+    assert [len(plan.splits[s]) for s in ("train", "validation", "test")] == [14500, 500, 1000]
+    assert plan.teacher_config.model_type == "llama" and plan.teacher_config.vocab_size == len(plan.tokenizer)
+    # The whole recipe, every stage, with a few steps and examples of each.
+    small = [
+        f"output.dir={tmp_path / 'run'}",
+        "data.synthetic_examples=400",
+        "data.validation_size=40",
+        "data.test_size=40",
+        "data.reference_examples=50",
+        "teacher.train.steps=3",
+        "teacher.train.batch_size=16",
+        "train.steps=4",
+        "train.batch_size=16",
+        "train.eval_every=2",
+        "eval.latency=false",
+    ]
+    assert main(["validate", str(path), *small]) == 0
+    assert main(["run", str(path), *small]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["teacher", "student", "baseline"]
+    assert report["examples"] == 40
+
+
 @pytest.mark.parametrize("path", HUB, ids=lambda p: p.stem)
 def test_hub_recipe_validates_against_local_stand_ins(path, tmp_path):
     """Same recipe, with the hub models and data replaced by local ones of the same shape."""
