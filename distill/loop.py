@@ -286,7 +286,8 @@ def backward_step(
     draws (:meth:`LossStep.draw`).
     """
     # On-policy batches are sampled first: their items are the sampled tokens.
-    drawn = [loss_step.draw(model, b, seed=seed, step=step, index=i) for i, b in enumerate(micro_batches)]
+    with accelerator.autocast():  # sampled in the precision the student trains in
+        drawn = [loss_step.draw(model, b, seed=seed, step=step, index=i) for i, b in enumerate(micro_batches)]
     local_items = torch.stack([(b["labels"] != -100).sum() for b, _ in drawn]).sum()
     global_items = accelerator.reduce(local_items, "sum") if accelerator.num_processes > 1 else local_items
     scale = accelerator.num_processes / global_items.clamp(min=1).float()
