@@ -68,11 +68,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--out", type=Path, default=Path("runs/on_vs_off_policy"))
     args = parser.parse_args()
-    for part in ("teacher", "pseudo_targets"):
-        if not (args.teacher_run / part / "complete.json").exists() and part == "pseudo_targets":
-            sys.exit(f"{args.teacher_run / part} is not a finished store: run the recipe first")
-        if not (args.teacher_run / part).is_dir():
-            sys.exit(f"{args.teacher_run / part} not found: run the recipe first")
+    if not (args.teacher_run / "complete.json").exists():
+        sys.exit(f"{args.teacher_run} is not a finished run of the recipe: run it first")
     on = yaml.safe_load(args.recipe.read_text())["loss"]["on_policy"]
     os.environ.setdefault("OMP_NUM_THREADS", "2")
 
