@@ -129,13 +129,12 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
             pseudo if cfg.loss.sequence_kd == "replace" else concatenate_datasets([train_split, pseudo])
         )
 
-    if cfg.loss.on_policy:
-        # On-policy samples are seeded per example: each training example is numbered.
+    if cfg.teacher.cache or cfg.loss.on_policy:
+        # Each training example numbered: the store's index, and the seed of its on-policy samples.
         train_split = train_split.add_column(teacher_store.ROW, list(range(len(train_split))))
     if cfg.teacher.cache:
         # The teacher's outputs over what the student trains on, computed once (or read back);
         # the student stage then reads them and never runs the teacher.
-        train_split = train_split.add_column(teacher_store.ROW, list(range(len(train_split))))
         store = teacher_store.build(
             accelerator,
             teacher,

@@ -137,7 +137,7 @@ def tokenize(splits: DatasetDict, tokenizer: Any, cfg: DataConfig) -> DatasetDic
             if not p:  # plain text: every token after the first is a target
                 labels = ids[1:] + [-100]
             else:
-                labels = [-100] * (len(p) - 1) + c + [-100]
+                labels = completion_labels(p, c)
             out["input_ids"].append(ids)
             out["attention_mask"].append([1] * len(ids))
             out["labels"].append(labels)
@@ -167,12 +167,23 @@ def tokenize(splits: DatasetDict, tokenizer: Any, cfg: DataConfig) -> DatasetDic
     return result
 
 
+def completion_labels(prompt: list[int], completion: list[int]) -> list[int]:
+    """Labels aligned with ``prompt + completion``: the completion's tokens, where they are predicted."""
+    return [-100] * (len(prompt) - 1) + completion + [-100]
+
+
+def _end_and_pad(config: Any) -> tuple[int, int]:
+    """The model's end token and its pad token (the end token where it has none)."""
+    eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
+    return eos, config.pad_token_id if config.pad_token_id is not None else eos
+
+
 class CausalCollator:
     """Right-pads ``input_ids`` (the pad token), ``attention_mask`` (0) and ``labels`` (-100); held-out
     batches also get the prompts left-padded for generation (``prompt_ids``, ``prompt_mask``)."""
 
-    def __init__(self, tokenizer: Any):
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    def __init__(self, pad: int):
+        self.pad = pad
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         width = max(len(r["input_ids"]) for r in rows)
@@ -203,7 +214,9 @@ class CausalCollator:
 
 
 def collator(tokenizer: Any, model_config: Any = None) -> CausalCollator:
-    return CausalCollator(tokenizer)
+    return CausalCollator(
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -213,19 +226,16 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
 def _generate(model: Any, batch: dict[str, Any], settings: Any, min_new: int = 0) -> torch.Tensor:
     """Greedy completions of the batch's prompts (new tokens only; after the end token: -100)."""
     max_new = getattr(settings, "max_new_tokens", 64)
+    eos, pad = _end_and_pad(model.config)
     generated = model.generate(
         input_ids=batch[PROMPT],
         attention_mask=batch["prompt_mask"],
         max_new_tokens=max_new,
         min_new_tokens=min_new,
         do_sample=False,
-        pad_token_id=model.config.pad_token_id
-        if model.config.pad_token_id is not None
-        else model.config.eos_token_id,
+        pad_token_id=pad,
     )
     new = generated[:, batch[PROMPT].shape[1] :]
-    eos = model.config.eos_token_id
-    eos = eos[0] if isinstance(eos, list) else eos
     ended = (new == eos).long().cumsum(-1) > 0  # the end token and everything after it
     return new.masked_fill(ended, -100)
 
@@ -316,8 +326,7 @@ def sample_completions(
     """
     bare = getattr(model, "module", model)  # DistributedDataParallel wraps it
     config = bare.config
-    eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
-    pad = config.pad_token_id if config.pad_token_id is not None else eos
+    eos, pad = _end_and_pad(config)
     prompts = batch[PROMPT]
     was_training, own = bare.training, bare.generation_config
     # generate() fills what a passed config leaves unset from the model's generation config (a
@@ -349,12 +358,10 @@ def sample_completions(
         rows.append(
             {
                 "input_ids": prompt + new,
-                "labels": [-100] * (len(prompt) - 1) + new + [-100],
+                "labels": completion_labels(prompt, new),
             }
         )
-    out = CausalCollator.__new__(CausalCollator)
-    out.pad = pad
-    sampled = out(rows)
+    sampled = CausalCollator(pad)(rows)
     device = batch["input_ids"].device
     return {k: v.to(device) for k, v in sampled.items()}
 
@@ -363,8 +370,7 @@ def teacher_targets(model: Any, batch: dict[str, Any], settings: dict[str, Any])
     """Sequence-level KD: the teacher's completions of the batch's prompts (beam search with the
     recipe's beams, greedy with 1), each ending with the end token."""
     config = model.config
-    eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
-    pad = config.pad_token_id if config.pad_token_id is not None else eos
+    eos, pad = _end_and_pad(config)
     generated = model.generate(
         input_ids=batch[PROMPT],
         attention_mask=batch["prompt_mask"],
@@ -386,7 +392,7 @@ def with_targets(train: Any, completions: list[list[int]]) -> Any:
     for p, c in zip(prompts, completions, strict=True):
         columns["input_ids"].append(p + c)
         columns["attention_mask"].append([1] * (len(p) + len(c)))
-        columns["labels"].append([-100] * (len(p) - 1) + c + [-100])
+        columns["labels"].append(completion_labels(p, c))
     out = train.remove_columns([k for k in columns if k in train.column_names])
     for key, values in columns.items():
         out = out.add_column(key, values)
