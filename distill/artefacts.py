@@ -1,8 +1,9 @@
 """The model folders a run ships, and the records that say a stage is finished.
 
-A model folder is written whole (``save_pretrained`` into ``.partial_NAME``, then a rename) and
-then reloaded by plain ``transformers``; the reloaded model must give the trained model's outputs,
-and it is the reloaded one that later stages and the report use. A stage is finished when its
+A model folder is written whole (``save_pretrained`` into ``.partial_NAME``), reloaded from there
+by plain ``transformers``, and renamed into place only once the reloaded model holds the trained
+model's weights and gives its outputs in the precision of the run; it is the reloaded one that later
+stages and the report use. A stage is finished when its
 record, written last, is in place: a resumed run skips it and reads its result from the record.
 """
 
@@ -23,26 +24,49 @@ from distill.errors import RunFailed
 RECORD = "complete.json"
 
 
-def save_model(
+# Largest difference of the reloaded model's logits from the trained model's, as a share of
+# 1 + the largest logit, by the precision both run in: a few units in the last place of that format.
+TOLERANCE = {"no": 1e-4, "fp16": 4e-3, "bf16": 1.6e-2}
+
+
+def ship(
     accelerator: Accelerator,
+    task: ModuleType,
+    name: str,
     model: nn.Module,
     tokenizer: Any,
     path: Path,
+    probe: dict[str, torch.Tensor],
     extra: dict[str, Any] | None = None,
-) -> None:
-    """``save_pretrained`` model and tokenizer into ``path``, which appears only once complete.
+) -> nn.Module:
+    """Save ``model`` and ``tokenizer`` into ``path`` and return the model reloaded from there.
 
-    ``extra`` maps file names to JSON values written inside the folder before the rename (a
-    completion record that must never stand beside half a model).
+    The folder is written under ``.partial_NAME`` and reloaded from it; only once the reloaded
+    model reproduces the trained one (:func:`check_reload`) are the ``extra`` files (JSON values
+    by file name: a completion record) written and the folder renamed into place. A folder that
+    fails the check is never under its real name, so nothing later reuses it.
     """
+    path = Path(path)
+    partial = path.with_name(f"{atomic.PARTIAL}{path.name}")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        with atomic.new_folder(path) as partial, atomic.disk_errors(path):
+        with atomic.disk_errors(path):
+            atomic.remove(partial)
+            partial.mkdir(parents=True)
             accelerator.unwrap_model(model).save_pretrained(partial, save_function=accelerator.save)
             tokenizer.save_pretrained(partial)
-            for name, value in (extra or {}).items():
-                (partial / name).write_text(atomic.dumps(value), encoding="utf-8")
     accelerator.wait_for_everyone()
+    saved = reload(task, partial, accelerator.device)
+    check_reload(name, model, saved, task, probe, accelerator)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with atomic.disk_errors(path):
+            for file, value in (extra or {}).items():
+                (partial / file).write_text(atomic.dumps(value), encoding="utf-8")
+            atomic.replace_folder(partial, path)
+    accelerator.wait_for_everyone()
+    saved.config._name_or_path = str(path)  # where it lives now, not where it was checked
+    return saved
 
 
 def reload(task: ModuleType, path: Path, device: torch.device) -> nn.Module:
@@ -51,27 +75,52 @@ def reload(task: ModuleType, path: Path, device: torch.device) -> nn.Module:
 
 
 def check_reload(
-    name: str, trained: nn.Module, reloaded: nn.Module, task: ModuleType, batch: dict[str, torch.Tensor]
+    name: str,
+    trained: nn.Module,
+    reloaded: nn.Module,
+    task: ModuleType,
+    batch: dict[str, torch.Tensor],
+    accelerator: Accelerator,
 ) -> None:
-    """The reloaded model must give the trained model's outputs on ``batch``; else :class:`RunFailed`.
+    """The reloaded model must hold the trained model's weights and give its outputs on ``batch``;
+    else :class:`RunFailed`.
 
-    Both run in eval mode in float32 on the same device, so the same weights give the same logits;
-    anything ``save_pretrained`` silently left out shows up here.
+    Every tensor the two state dicts share must be equal bit for bit, whatever the precision. Then
+    both run in eval mode on the same device under the run's mixed precision (the precision the
+    report measures them in), so the logits may differ only by what that precision rounds
+    (:data:`TOLERANCE`); anything ``save_pretrained`` silently left out or changed shows here.
     """
+    trained = accelerator.unwrap_model(trained, keep_fp32_wrapper=False)
+    fail = (
+        f"{name}: the saved model does not reproduce the trained one ({{}} after reloading with "
+        "from_pretrained); the report would not describe the files, so it was not written"
+    )
+    theirs_state = reloaded.state_dict()
+    for key, tensor in trained.state_dict().items():
+        other = theirs_state.get(key)
+        if (
+            other is not None
+            and other.shape == tensor.shape
+            and not torch.equal(other, tensor.to(other.device))
+        ):
+            raise RunFailed(fail.format(f"weights {key} differ"))
     was_training = trained.training
     trained.eval()
     inputs = {k: v.to(next(trained.parameters()).device) for k, v in task.model_inputs(batch).items()}
-    with torch.inference_mode():
+    with torch.inference_mode(), accelerator.autocast():
         ours = trained(**inputs).logits.float()
         theirs = reloaded(**inputs).logits.float()
     trained.train(was_training)
     scale = 1.0 + ours.abs().max().item()
     diff = (ours - theirs).abs().max().item()
-    if not diff <= 1e-4 * scale:  # also catches NaN
-        raise RunFailed(
-            f"{name}: the saved model does not reproduce the trained one (logits differ by up to {diff:.3g} "
-            "after reloading with from_pretrained); the report would not describe the files, so it was not written"
-        )
+    precision = accelerator.mixed_precision
+    if not diff <= TOLERANCE.get(precision, TOLERANCE["bf16"]) * scale:  # also catches NaN
+        raise RunFailed(fail.format(f"logits differ by up to {diff:.3g} in {precision_name(precision)}"))
+
+
+def precision_name(mixed_precision: str) -> str:
+    """How a model runs under the accelerator's mixed precision, in words."""
+    return "float32" if mixed_precision == "no" else f"{mixed_precision} autocast"
 
 
 def write_record(accelerator: Accelerator, path: Path, value: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ before anything is written, so whatever ``run`` would fail on is refused up fron
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -18,7 +19,7 @@ import torch
 from datasets import Dataset, DatasetDict, Value
 from torch import nn
 
-from distill.config import RecipeConfig
+from distill.config import PRECISIONS, RecipeConfig
 from distill.errors import DistillError
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,40 @@ def output_dir(path: str) -> None:
         os.unlink(probe)
     except OSError as e:
         raise DistillError(f"output.dir: cannot write into {existing}: {e.strerror or e}") from None
+
+
+def mixed_precision(cfg: RecipeConfig) -> str:
+    """The run's mixed precision: the recipe's ``train.mixed_precision`` if it sets one, else what
+    Accelerate is told (``accelerate launch --mixed_precision``, an ``accelerate config`` file, the
+    ``ACCELERATE_MIXED_PRECISION`` variable), else ``no``.
+
+    A recipe value that contradicts the launcher is refused: neither would be silently dropped.
+    ``accelerate launch`` says ``no`` when neither its flag nor its config says anything, so a
+    launcher ``no`` gives way to the recipe.
+    """
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
+    if launched and launched not in PRECISIONS:
+        raise DistillError(
+            f"ACCELERATE_MIXED_PRECISION={launched}: distill trains in one of {', '.join(PRECISIONS)}"
+        )
+    chosen = cfg.train.mixed_precision
+    if chosen and launched and launched != "no" and launched != chosen:
+        raise DistillError(
+            f"train.mixed_precision={chosen} contradicts the launcher's mixed precision {launched} "
+            "(accelerate launch --mixed_precision, its config file or ACCELERATE_MIXED_PRECISION); "
+            "drop one of them (train.mixed_precision='' leaves it to the launcher)"
+        )
+    precision = chosen or launched or "no"
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise DistillError("train.mixed_precision: fp16 needs a GPU; use bf16 or no on a CPU")
+    return precision
+
+
+def with_precision(cfg: RecipeConfig) -> RecipeConfig:
+    """``cfg`` with ``train.mixed_precision`` resolved (:func:`mixed_precision`): what the run
+    trains in, as its stage settings and ``config.yaml`` record it."""
+    train = dataclasses.replace(cfg.train, mixed_precision=mixed_precision(cfg))
+    return dataclasses.replace(cfg, train=train)
 
 
 def text_columns(raw: DatasetDict, columns: dict[str, str], label_key: str | None) -> None:

@@ -109,7 +109,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    import yaml
+    from distill import recipe_yaml
 
     files = _recipe_files()
     if not files:
@@ -118,9 +118,10 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     width = max(len(p.stem) for p in files)
     for path in files:
         try:
-            description = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("description", "")
-        except yaml.YAMLError:
-            description = "(not valid YAML)"
+            raw = recipe_yaml.load(path.read_text(encoding="utf-8"), path.name)
+            description = raw.get("description", "") if isinstance(raw, dict) else "(not a recipe)"
+        except DistillError as e:
+            description = f"({e})"
         print(f"{path.stem.ljust(width)}  {description}")
     return 0
 

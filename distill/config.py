@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from distill import recipe_yaml
 from distill.errors import DistillError
 from distill.typed_config import build, in_range, non_negative, one_of, positive, seed
 
@@ -292,7 +293,9 @@ class TrainConfig:
     warmup_ratio: float = 0.1  # fraction of steps with linear warm-up
     lr_scheduler: str = "linear"  # decay after warm-up: linear | cosine | constant
     max_grad_norm: float = 1.0  # gradient clipping (0: off)
-    mixed_precision: str = "no"  # no | bf16 | fp16 (fp16 needs a GPU)
+    mixed_precision: str = (
+        ""  # "" (Accelerate decides: accelerate launch / config, else no) | no | bf16 | fp16 (GPU)
+    )
     seed: int = 42  # seed of initialisation, shuffling and dropout
     eval_every: int = 0  # evaluate on the validation split every N steps (0: only at the end)
     checkpoint_every: int = 0  # save a verified, resumable checkpoint every N steps (0: none)
@@ -309,7 +312,8 @@ class TrainConfig:
         in_range(f"{key}.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
         one_of(f"{key}.lr_scheduler", self.lr_scheduler, SCHEDULERS)
         non_negative(f"{key}.max_grad_norm", self.max_grad_norm)
-        one_of(f"{key}.mixed_precision", self.mixed_precision, PRECISIONS)
+        if self.mixed_precision:
+            one_of(f"{key}.mixed_precision", self.mixed_precision, PRECISIONS)
         non_negative(f"{key}.eval_every", self.eval_every)
         non_negative(f"{key}.checkpoint_every", self.checkpoint_every)
         positive(f"{key}.keep_checkpoints", self.keep_checkpoints)
@@ -436,10 +440,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     if not path.is_file():
         raise DistillError(f"recipe not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise DistillError(f"{path}: not valid YAML: {e}") from None
+    raw = recipe_yaml.load(path.read_text(encoding="utf-8"), str(path)) or {}
     if not isinstance(raw, dict):
         raise DistillError(f"{path}: a recipe is a mapping of keys to values")
     for item in overrides:
@@ -461,8 +462,8 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise DistillError(f"override '{item}': expected key=value, e.g. train.steps=100")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+        value = recipe_yaml.load(text, f"override '{item}'") if text.strip() else ""
+    except DistillError:
         value = text
     return key.strip(), value
 

@@ -75,6 +75,8 @@ def evaluate_models(
             "role": e.role,
             "source": e.source,
             "parameters": count_parameters(e.model),
+            "dtype": weights_dtype(e.model),  # of the weights as loaded
+            "precision": runs_in(e.model, accelerator.mixed_precision),  # what the figures were measured in
             "size_mb": None,
             "metrics": scores[e.name],
             "retained": {m: _ratio(scores[e.name][m], scores[teacher.name][m]) for m in metric_names},
@@ -94,6 +96,8 @@ def evaluate_models(
             "processes": accelerator.num_processes,
             "torch": torch.__version__,
         },
+        # The run's mixed precision (none: float32): metrics and latency are measured under it.
+        "mixed_precision": accelerator.mixed_precision,
         "latency_settings": None,
         "models": models,
         "groups": groups(models, metric_names),
@@ -104,7 +108,7 @@ def evaluate_models(
             row["size_mb"] = size_on_disk_mb(e.model, e.source)
         if settings.latency:
             report["latency_settings"] = _measure_speed(
-                task, entries, models, teacher.name, dataset, collate, settings, accelerator.device
+                task, entries, models, teacher.name, dataset, collate, settings, accelerator
             )
     accelerator.wait_for_everyone()
     return report
@@ -118,7 +122,7 @@ def _measure_speed(
     dataset: Dataset,
     collate: Any,
     settings: Any,
-    device: torch.device,
+    accelerator: Accelerator,
 ) -> dict[str, Any]:
     modes = task.latency_modes(settings)
     batch_sizes = sorted(set(settings.latency_batch_sizes))
@@ -138,8 +142,9 @@ def _measure_speed(
                 batch_size=bs,
                 repeats=settings.latency_repeats,
                 threads=threads,
-                device=device,
+                device=accelerator.device,
                 run=run,
+                context=accelerator.autocast,  # timed in the precision the metrics were measured in
             )
             key = f"batch_{bs}"
             teacher_ms = timed[teacher]["ms_per_example"]
@@ -198,6 +203,21 @@ def groups(models: list[dict[str, Any]], metric_names: list[str]) -> list[dict[s
             }
         )
     return out
+
+
+def weights_dtype(model: nn.Module) -> str:
+    """The dtype of the model's floating-point weights (``float32``, ``bfloat16``...)."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes)) or "-"
+
+
+def runs_in(model: nn.Module, mixed_precision: str) -> str:
+    """The precision a model computes in under the accelerator's ``mixed_precision``: float32
+    weights run as the autocast says, lower-precision weights (a bf16 teacher) as they are."""
+    dtype = weights_dtype(model)
+    if mixed_precision == "no":
+        return dtype
+    return f"{mixed_precision} autocast" if dtype == "float32" else f"{dtype} ({mixed_precision} autocast)"
 
 
 def size_on_disk_mb(model: nn.Module, source: str) -> float:

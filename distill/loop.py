@@ -205,7 +205,7 @@ def train(
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     # fp16's loss scaling overflows the gradient on purpose now and then (the step is skipped):
     # there only the loss tells divergence.
-    check_gradient = cfg.mixed_precision != "fp16"
+    check_gradient = accelerator.mixed_precision != "fp16"
     first_bad = torch.zeros((), dtype=torch.long, device=accelerator.device)  # 0: all finite so far
     try:
         for step in range(start_step + 1, cfg.steps + 1):

@@ -62,6 +62,7 @@ def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
     """All checks of ``distill validate``, in the order a run needs them: the output folder, the
     config against the teacher, data, labels, column types, split sizes, tokenizers, and the teacher
     and a trial student on the longest inputs the recipe allows. Writes nothing."""
+    cfg = checks.with_precision(cfg)
     task = tasks.TASKS[cfg.task]
     processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
     checks.output_dir(cfg.output.dir)
@@ -98,8 +99,6 @@ def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
         else None
     )
     check_against_teacher(cfg, n_teacher, n_student, depths)
-    if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise DistillError("train.mixed_precision: fp16 needs a GPU; use bf16 or no on a CPU")
 
     head_trained = reuse or not cfg.teacher.stage.enabled
     splits, label_names = task.prepare_targets(raw, cfg.data, teacher_config, head_trained)

@@ -74,7 +74,7 @@ def table(report: dict[str, Any]) -> str:
     metrics = report["metrics"]
     primary = report["primary_metric"]
     settings = report.get("latency_settings")
-    header = ["model", "role", *metrics, f"kept ({primary})", "params (M)", "size (MB)"]
+    header = ["model", "role", *metrics, f"kept ({primary})", "params (M)", "size (MB)", "precision"]
     timing: list[tuple[str, str]] = []
     if settings:
         for mode in settings["modes"]:
@@ -98,6 +98,7 @@ def table(report: dict[str, Any]) -> str:
             "-" if m["retained"][primary] is None else f"{m['retained'][primary]:.1%}",
             f"{m['parameters'] / 1e6:.2f}",
             _fmt(m.get("size_mb"), 1),
+            m.get("precision", "-"),
         ]
         if settings:
             lat = m.get("latency") or {}
@@ -117,7 +118,11 @@ def table(report: dict[str, Any]) -> str:
 def notes(report: dict[str, Any]) -> list[str]:
     """What the table's columns mean and how they were measured."""
     settings = report.get("latency_settings")
-    out = [f"`kept` is the model's {report['primary_metric']} as a share of the teacher's."]
+    out = [
+        f"`kept` is the model's {report['primary_metric']} as a share of the teacher's. `precision` is "
+        "what each model computed in for every figure here: its weights' dtype, under the run's "
+        "mixed precision (autocast) when there is one."
+    ]
     if settings:
         out.append(
             f"Latency: median of {settings['repeats']} timed passes over {settings['examples']} examples "

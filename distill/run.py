@@ -24,11 +24,10 @@ from datasets import DatasetDict, concatenate_datasets
 from distill import atomic, checks, run_folder, teacher_store
 from distill.artefacts import (
     RECORD,
-    check_reload,
     is_model_folder,
     read_record,
     reload,
-    save_model,
+    ship,
     write_record,
 )
 from distill.cards import how_made, hub_id, model_card
@@ -62,6 +61,9 @@ log = logging.getLogger(__name__)
 
 def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
     """Run the recipe; returns what is written to ``OUTPUT/results.json``."""
+    # The precision the run trains and is measured in, recorded in config.yaml as resolved: a
+    # resume under another launcher setting is refused as a changed setting.
+    cfg = checks.with_precision(cfg)
     accelerator = Accelerator(
         cpu=_cpu_processes(),
         mixed_precision=cfg.train.mixed_precision,
@@ -237,10 +239,7 @@ def _ship(
 ) -> torch.nn.Module:
     """Save ``model`` into ``folder`` and return it reloaded from there, checked to give the same
     outputs: later stages and the report use what the folder holds."""
-    save_model(accelerator, model, plan.tokenizer, folder, extra)
-    saved = reload(plan.task, folder, accelerator.device)
-    check_reload(name, model, saved, plan.task, probe)
-    return saved
+    return ship(accelerator, plan.task, name, model, plan.tokenizer, folder, probe, extra)
 
 
 def _finetune_teacher(

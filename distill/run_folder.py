@@ -10,9 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from distill import atomic
+from distill import atomic, recipe_yaml
 from distill.artefacts import RECORD, json_equal, read_record
 from distill.config import RecipeConfig, dump_yaml, to_dict
 from distill.errors import DistillError
@@ -53,8 +51,8 @@ def check(out: Path, cfg: RecipeConfig, *, resume: bool) -> None:
             f"{out} holds an unfinished run; pass --resume to finish it, or set output.overwrite=true to start afresh"
         )
     try:
-        recorded = yaml.safe_load((out / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        recorded = recipe_yaml.load((out / CONFIG_FILE).read_text(encoding="utf-8"), CONFIG_FILE)
+    except (OSError, UnicodeDecodeError, DistillError):
         recorded = None
     if not isinstance(recorded, dict):
         raise DistillError(f"{out / CONFIG_FILE} is damaged, so the run cannot be resumed safely")

@@ -85,7 +85,7 @@ def _generate(
     """The teacher's outputs for ``rows``, in order (this process generates them all)."""
     outputs: list[list[int]] = []
     teacher.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), accelerator.autocast():  # the teacher in the run's precision
         for start in range(0, len(rows), batch_size):
             batch = collate([train[i] for i in rows[start : start + batch_size]])
             if task is not None and hasattr(task, "teacher_targets"):

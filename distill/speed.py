@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ def measure_latency(
     threads: int = 0,
     device: torch.device | str = "cpu",
     run: Callable[[nn.Module, dict[str, torch.Tensor]], Any] | None = None,
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> dict[str, dict[str, float]]:
     """Milliseconds per example for each model, the median over ``repeats`` passes over ``examples``,
     with the fastest and slowest pass and their spread.
@@ -28,7 +30,8 @@ def measure_latency(
     Every model sees the same batches (padded per batch, as in serving). One untimed warm-up pass
     per model comes first, and the models take turns within each repeat so that a slow moment of
     the machine falls on all of them alike. ``threads`` > 0 fixes torch's intra-op threads.
-    ``run(model, batch)`` is what is timed (default: a forward pass; generation for seq2seq).
+    ``run(model, batch)`` is what is timed (default: a forward pass; generation for seq2seq), inside
+    ``context()`` (the run's autocast: models are timed in the precision they are evaluated in).
     """
     run = run or (lambda model, batch: model(**batch))
     batches = [
@@ -44,7 +47,7 @@ def measure_latency(
         torch.set_num_threads(threads)
     timings: dict[str, list[float]] = {name: [] for name in models}
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), context():
             for model in models.values():
                 model.eval()
                 _timed(run, model, batches, device)

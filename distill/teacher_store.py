@@ -303,7 +303,8 @@ def _compute(
         inputs = {
             k: v.to(accelerator.device) for k, v in model_inputs(batch).items() if isinstance(v, torch.Tensor)
         }
-        logits = teacher(**inputs).logits
+        with accelerator.autocast():  # as the teacher runs online: in the run's precision
+            logits = teacher(**inputs).logits
         if not top_k:
             logits_out.append(logits.float().cpu())
             continue

@@ -30,6 +30,7 @@ def stage_settings(cfg: RecipeConfig) -> dict[str, Any]:
     settings.update({f"teacher.{stage}.{k}": v for k, v in to_dict(cfg.teacher.stage).items()})
     # reference_examples limits what the student sees, not what the teacher is trained on.
     settings.update({f"data.{k}": v for k, v in to_dict(cfg.data).items() if k != "reference_examples"})
+    settings["train.mixed_precision"] = cfg.train.mixed_precision or "no"  # the stage trains in it
     return json.loads(json.dumps(settings))
 
 
@@ -99,6 +100,7 @@ def store_settings(cfg: RecipeConfig) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "task": cfg.task,
         "teacher.dtype": str(teacher_dtype(cfg.teacher.dtype)).removeprefix("torch."),
+        "train.mixed_precision": cfg.train.mixed_precision or "no",  # the teacher runs under its autocast
         "data.max_length": cfg.data.max_length,
     }
     if cfg.task != "classification":  # top-k log-probabilities at the recipe's temperature

@@ -22,7 +22,7 @@ from conftest import (
 from datasets import Dataset, DatasetDict
 from transformers import MarianMTModel
 
-from distill.artefacts import check_reload, reload, save_model
+from distill.artefacts import check_reload, reload, ship
 from distill.cli import main
 from distill.config import DataConfig, LossConfig, TrainConfig
 from distill.errors import RunFailed
@@ -84,10 +84,7 @@ def test_parameters_save_pretrained_drops_are_not_trained(tmp_path, translation_
     model = accelerator.unwrap_model(model)
     assert torch.equal(model.model.decoder.embed_positions.weight, positions)
     batch = translation.collator(tok, teacher.config)([data[i] for i in range(4)])
-    save_model(accelerator, model, tok, tmp_path / "student")
-    check_reload(
-        "distill", model, reload(translation, tmp_path / "student", accelerator.device), translation, batch
-    )
+    ship(accelerator, translation, "distill", model, tok, tmp_path / "student", batch)
 
     # What training them did before: the saved folder no longer reproduces the model.
     with torch.no_grad():
@@ -99,6 +96,7 @@ def test_parameters_save_pretrained_drops_are_not_trained(tmp_path, translation_
             reload(translation, tmp_path / "student", accelerator.device),
             translation,
             batch,
+            accelerator,
         )
 
 
