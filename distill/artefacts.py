@@ -25,8 +25,10 @@ RECORD = "complete.json"
 
 
 # Largest difference of the reloaded model's logits from the trained model's, as a share of
-# 1 + the largest logit, by the precision both run in: a few units in the last place of that format.
-TOLERANCE = {"no": 1e-4, "fp16": 4e-3, "bf16": 1.6e-2}
+# 1 + the largest logit, by the precision both run in. The two compute the same thing, so on one
+# device they agree exactly; the margin (about two units in the last place of the format) covers
+# kernels that pick another summation order for another memory layout.
+TOLERANCE = {"no": 1e-4, "fp16": 2e-3, "bf16": 8e-3}
 
 
 def ship(

@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from datasets import DatasetDict
 from transformers import AutoConfig, AutoTokenizer
 
-from distill import tasks
+from distill import checks, tasks
 from distill.config import RecipeConfig
 from distill.data import load_raw
 from distill.errors import DistillError
@@ -73,7 +73,8 @@ def evaluate_saved(
     for name in cfg.eval.metrics:
         load_metric(name)
 
-    accelerator = Accelerator(cpu=_cpu_processes())
+    # Measured in the precision the models were trained in (the recipe's, else the launcher's).
+    accelerator = Accelerator(cpu=_cpu_processes(), mixed_precision=checks.mixed_precision(cfg))
     entries = [
         Entry(
             "teacher",
