@@ -36,6 +36,11 @@ def how_made(
         init = f"random, the teacher's config with {s.config_overrides}"
     else:
         init = f"pretrained `{s.name_or_path}`"
+    if s.lora.enabled:
+        init += (
+            f"; trained as LoRA adapters (rank {s.lora.r}, alpha {s.lora.alpha:g}) and the task head, "
+            f"then merged (the adapter: {role}_adapter/ beside this folder)"
+        )
     if role == "baseline":
         signal = "cross-entropy on the hard labels only, no teacher (the baseline)"
     elif loss.alpha > 0:

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 PREFIX = "step_"
 MANIFEST = "manifest.json"
 LOOP_STATE = "trainer_state.json"  # step and logged history (main process)
-SCHEDULER = "scheduler.pt"
+SCHEDULER = "scheduler.json"  # the learning-rate schedule's state: numbers, so JSON (nothing to unpickle)
+OLD_SCHEDULER = "scheduler.pt"  # the same, from earlier versions: read with torch's restricted unpickler
 
 
 def running_file(rank: int) -> str:
@@ -70,7 +71,7 @@ def save(
             (partial / LOOP_STATE).write_text(
                 json.dumps({"step": step, "history": atomic.strict(history)}, allow_nan=False)
             )
-            torch.save(scheduler.state_dict(), partial / SCHEDULER)
+            (partial / SCHEDULER).write_text(json.dumps(scheduler.state_dict(), allow_nan=False))
             files = {
                 str(p.relative_to(partial)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
                 for p in sorted(partial.rglob("*"))
@@ -137,8 +138,11 @@ def latest_intact(accelerator: Accelerator, stage_dir: Path, name: str) -> Path 
 
 def load(accelerator: Accelerator, checkpoint: Path, scheduler: Any) -> tuple[int, list, list[float]]:
     """Restore model, optimizer, RNG and scheduler states; returns (step, history, running sums)."""
-    accelerator.load_state(str(checkpoint))
-    scheduler.load_state_dict(torch.load(checkpoint / SCHEDULER, weights_only=False))
+    accelerator.load_state(str(checkpoint))  # its own torch.load calls are weights_only=True
+    if (checkpoint / SCHEDULER).is_file():
+        scheduler.load_state_dict(json.loads((checkpoint / SCHEDULER).read_text()))
+    else:
+        scheduler.load_state_dict(torch.load(checkpoint / OLD_SCHEDULER, weights_only=True))
     state = json.loads((checkpoint / LOOP_STATE).read_text())
     running = json.loads((checkpoint / running_file(accelerator.process_index)).read_text())
     return state["step"], state["history"], running

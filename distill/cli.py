@@ -10,11 +10,21 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from distill.errors import DistillError
 
-RECIPE_DIRS = (Path.cwd() / "recipes", Path(__file__).resolve().parent.parent / "recipes")
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _recipe_dirs() -> list[Path]:
+    """Where recipes are found by name: ``./recipes``, then the ones shipped in the package
+    (``distill/recipes`` of an installed wheel, ``recipes/`` of a checkout)."""
+    dirs = [Path.cwd() / "recipes", _PACKAGE / "recipes"]
+    if (_PACKAGE.parent / "pyproject.toml").is_file():  # a checkout (or an editable install of one)
+        dirs.append(_PACKAGE.parent / "recipes")
+    return dirs
 
 
 def find_recipe(name: str) -> Path:
@@ -22,7 +32,7 @@ def find_recipe(name: str) -> Path:
     path = Path(name)
     if path.is_file():
         return path
-    for folder in RECIPE_DIRS:
+    for folder in _recipe_dirs():
         for candidate in (folder / name, folder / f"{name}.yaml"):
             if candidate.is_file():
                 return candidate
@@ -32,7 +42,7 @@ def find_recipe(name: str) -> Path:
 
 def _recipe_files() -> list[Path]:
     seen: dict[str, Path] = {}
-    for folder in RECIPE_DIRS:
+    for folder in _recipe_dirs():
         for path in sorted(folder.glob("*.yaml")):
             seen.setdefault(path.name, path)
     return list(seen.values())
@@ -64,6 +74,25 @@ def catch_signals() -> None:
             pass
 
 
+_thread_disk_problems: list[str] = []  # what a library thread's write failed on
+
+
+def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    """A library thread (TensorBoard's event writer, say) that fails on a full or read-only disk
+    prints no traceback: the main thread meets the same failure on its next write and says it in
+    one line. Any other failure in a thread is a bug, and keeps its traceback."""
+    from distill.atomic import disk_problem
+
+    cause = disk_problem(args.exc_value) if args.exc_value is not None else None
+    if cause is None:
+        _default_thread_excepthook(args)
+        return
+    _thread_disk_problems.append(cause)
+
+
+_default_thread_excepthook = threading.excepthook
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from distill.config import load_recipe
     from distill.run import run
@@ -83,11 +112,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from distill import checks, folder_lock, run_folder
     from distill.config import load_recipe
     from distill.modeling import num_layers
     from distill.plan import prepare
 
     cfg = load_recipe(find_recipe(args.recipe), args.overrides)
+    # What `run` (or `run --resume`) would say of the output folder: held by a live run, finished...
+    folder_lock.refuse_if_held(Path(cfg.output.dir))
+    run_folder.check(Path(cfg.output.dir), checks.with_precision(cfg), resume=args.resume)
     plan = prepare(cfg)
     sizes = ", ".join(f"{name} {len(split)}" for name, split in plan.splits.items())
     print(f"recipe OK: {cfg.description or args.recipe}")
@@ -113,7 +146,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
     files = _recipe_files()
     if not files:
-        print("no recipes found in ./recipes")
+        print("no recipes found in " + ", ".join(str(d) for d in _recipe_dirs()))
         return 0
     width = max(len(p.stem) for p in files)
     for path in files:
@@ -126,10 +159,39 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_copy(args: argparse.Namespace) -> int:
+    """A recipe written out for editing: ``distill copy quickstart`` -> ``./quickstart.yaml``."""
+    source = find_recipe(args.recipe)
+    dest = Path(args.dest) if args.dest else Path(source.name)
+    if dest.is_dir():
+        dest = dest / source.name
+    if dest.exists():
+        raise DistillError(f"{dest} exists; give another destination (distill copy {args.recipe} PATH)")
+    from distill import atomic
+
+    atomic.write_text(dest, source.read_text(encoding="utf-8"))
+    print(f"wrote {dest} (from {source}); run it with `distill run {dest}`")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Every recipe key with its type, default and comment; with a recipe, its values beside them."""
+    from distill.config import load_recipe
+    from distill.recipe_keys import format_keys, recipe_keys
+
+    cfg = load_recipe(find_recipe(args.recipe), args.overrides) if args.recipe else None
+    keys = [k for k in recipe_keys() if not args.section or k.name.startswith(f"{args.section}.")]
+    if not keys:
+        raise DistillError(f"no recipe section '{args.section}'")
+    print(format_keys(keys, cfg))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill", description="Knowledge distillation of Transformer models."
     )
+    parser.add_argument("--version", action="version", version=f"distill {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run a recipe: fine-tune the teacher if asked, distil, evaluate")
     p_run.add_argument("recipe", help="recipe file or name (see `distill recipes`)")
@@ -158,17 +220,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_val.add_argument("recipe")
     p_val.add_argument("overrides", nargs="*")
+    p_val.add_argument("--resume", action="store_true", help="check as `run --resume` would")
     p_val.set_defaults(func=cmd_validate)
     p_list = sub.add_parser("recipes", help="list the known recipes")
     p_list.set_defaults(func=cmd_recipes)
+    p_copy = sub.add_parser("copy", help="write a recipe out for editing (default: ./NAME.yaml)")
+    p_copy.add_argument("recipe", help="recipe name or file (see `distill recipes`)")
+    p_copy.add_argument("dest", nargs="?", help="file or folder to write it to")
+    p_copy.set_defaults(func=cmd_copy)
+    p_keys = sub.add_parser("keys", help="every recipe key with its type, default and comment")
+    p_keys.add_argument("recipe", nargs="?", help="also show this recipe's values")
+    p_keys.add_argument("overrides", nargs="*", help="key.sub=value overrides applied to the recipe")
+    p_keys.add_argument(
+        "--section", help="only this section (teacher, student, data, loss, train, eval, output)"
+    )
+    p_keys.set_defaults(func=cmd_keys)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("distill")
+    except PackageNotFoundError:  # run from a checkout without installing it
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
     _stopping.clear()
+    _thread_disk_problems.clear()
     catch_signals()
+    threading.excepthook = _thread_excepthook
     try:
-        return _main(argv)
+        code = _main(argv)
+        if _thread_disk_problems:  # the main thread finished its own writes; a log did not
+            print(
+                f"distill: warning: a background write failed ({_thread_disk_problems[0]}); the "
+                "TensorBoard logs may be incomplete",
+                file=sys.stderr,
+            )
+        return code
     except DistillError as e:
         print(f"distill: error: {e}", file=sys.stderr)
         return e.exit_code

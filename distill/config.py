@@ -110,6 +110,25 @@ class TeacherConfig:
 
 
 @dataclass
+class LoraConfig:
+    """Train LoRA adapters (PEFT) on the student instead of all its weights; the shipped student is
+    the adapters merged into a plain model, the adapter kept beside it (OUTPUT/student_adapter)."""
+
+    enabled: bool = False  # train adapters (and the task head) only
+    r: int = 8  # rank of each adapter
+    alpha: float = 16.0  # scaling: the update is alpha / r * B @ A
+    dropout: float = 0.0  # dropout on the adapters' inputs
+    target_modules: list[str] | None = None  # module names to adapt (default: PEFT's for the family)
+
+    def check(self, key: str) -> None:
+        positive(f"{key}.r", self.r)
+        positive(f"{key}.alpha", self.alpha)
+        in_range(f"{key}.dropout", self.dropout, 0.0, 1.0)
+        if self.target_modules is not None and not self.target_modules:
+            raise DistillError(f"{key}.target_modules: name at least one module, or leave it unset")
+
+
+@dataclass
 class StudentConfig:
     """How the student is built. It always shares the teacher's tokenizer."""
 
@@ -127,9 +146,16 @@ class StudentConfig:
     )
     config_overrides: dict[str, Any] = field(default_factory=dict)  # from_config: e.g. {num_hidden_layers: 4}
     name_or_path: str = ""  # pretrained: hub id or local folder of the student
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def check(self, key: str) -> None:
         one_of(f"{key}.init", self.init, STUDENT_INITS)
+        self.lora.check(f"{key}.lora")
+        if self.lora.enabled and self.init == "from_config":
+            raise DistillError(
+                f"{key}.lora: adapters on a randomly initialised student leave its weights random; "
+                f"use {key}.init=copy_layers or pretrained"
+            )
         positive(f"{key}.num_layers", self.num_layers)
         positive(f"{key}.num_decoder_layers", self.num_decoder_layers)
         for name in ("layers", "encoder_layers", "decoder_layers"):
@@ -367,7 +393,7 @@ class RecipeConfig:
     """A whole recipe: teacher, student, data, losses, budget, evaluation and output."""
 
     description: str = ""  # one line, shown by `distill recipes`
-    task: str = "classification"  # task family: classification | translation
+    task: str = "classification"  # task family: classification | translation | causal_lm
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -188,7 +188,8 @@ def train(
         try:
             start_step, history, sums = checkpoints.load(accelerator, checkpoint, scheduler)
         except Exception as e:  # a checkpoint that matches its manifest but not this model
-            raise DistillError(f"{name}: cannot resume from {checkpoint}: {str(e)[:300]}") from None
+            why = " ".join(str(e).split())[:300]  # one line, whatever the library wrote
+            raise DistillError(f"{name}: cannot resume from {checkpoint}: {why}") from None
         running = torch.tensor(sums, dtype=running.dtype, device=accelerator.device)
         accelerator.print(f"{name}: resuming from {checkpoint} (step {start_step} of {cfg.steps})")
 

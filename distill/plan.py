@@ -19,7 +19,7 @@ from accelerate.utils import set_seed
 from datasets import DatasetDict
 from transformers import AutoConfig, AutoTokenizer
 
-from distill import checks, tasks, teacher_store
+from distill import checks, lora, tasks, teacher_store
 from distill.artefacts import is_model_folder, read_record
 from distill.config import RecipeConfig, check_against_teacher
 from distill.data import load_raw
@@ -127,6 +127,8 @@ def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
     checks.models_take_the_longest_inputs(
         cfg, task, splits, tokenizer, {"teacher": plan.teacher, "student": trial}
     )
+    if cfg.student.lora.enabled:  # modules to adapt that the student lacks are refused now
+        lora.wrap(trial, cfg.student.lora, cfg.task)
     return plan
 
 

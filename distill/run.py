@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
 from datasets import DatasetDict, concatenate_datasets
 
-from distill import atomic, checks, run_folder, teacher_store
+from distill import atomic, checks, folder_lock, lora, run_folder, teacher_store
 from distill.artefacts import (
     RECORD,
     is_model_folder,
@@ -32,7 +32,9 @@ from distill.artefacts import (
 )
 from distill.cards import how_made, hub_id, model_card
 from distill.config import RecipeConfig, TrainConfig, to_dict
+from distill.errors import DistillError
 from distill.evaluation import Entry, evaluate_models
+from distill.folder_lock import FolderLock
 from distill.loop import TrainResult, train
 from distill.loss_step import LossStep
 from distill.modeling import (
@@ -72,14 +74,24 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         # Each stage's data order follows the seed set just before it (torch's initial seed).
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    lock = FolderLock(Path(cfg.output.dir))
+    try:
+        return _run(accelerator, cfg, resume, lock)
+    finally:
+        lock.release()
+
+
+def _run(accelerator: Accelerator, cfg: RecipeConfig, resume: bool, lock: FolderLock) -> dict[str, Any]:
     out = Path(cfg.output.dir)
     checks.output_dir(cfg.output.dir)
+    folder_lock.refuse_if_held(out)
     run_folder.check(out, cfg, resume=resume)
     with accelerator.main_process_first():
         plan = prepare(cfg, accelerator.num_processes)
     task, teacher = plan.task, plan.teacher
 
     # --- from here on, the output folder is written ---
+    _claim(accelerator, lock, cfg, resume)
     if accelerator.is_main_process:
         run_folder.open_for_run(out, cfg)
     accelerator.wait_for_everyone()
@@ -161,9 +173,14 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
         if record is not None and is_model_folder(out / folder):
             accelerator.print(f"{name}: finished earlier; using {out / folder}")
             return reload(task, out / folder, accelerator.device), TrainResult(**record["result"])
+        if cfg.student.lora.enabled:
+            model = lora.wrap(model, cfg.student.lora, cfg.task, seed=cfg.train.seed)
         model, result = _train_stage(
             accelerator, plan, name, cfg.train, model, step, dataset, eval_split, collate, resume
         )
+        if cfg.student.lora.enabled:  # shipped merged into a plain model, the adapter beside it
+            adapter = out / f"{folder}{lora.ADAPTER_SUFFIX}"
+            model = lora.merge(accelerator, name, model, task, probe, adapter)
         saved = _ship(accelerator, plan, name, model, out / folder, probe)
         write_record(accelerator, record_path, {"result": dataclasses.asdict(result)})
         return saved, result
@@ -226,6 +243,24 @@ def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
     results["report"] = report
     accelerator.end_training()
     return results
+
+
+def _claim(accelerator: Accelerator, lock: FolderLock, cfg: RecipeConfig, resume: bool) -> None:
+    """The main process takes the folder's lock and checks the folder again under it (another run
+    may have started or finished it meanwhile); every process learns the outcome."""
+    error = None
+    if accelerator.is_main_process:
+        out = Path(cfg.output.dir)
+        try:
+            with atomic.disk_errors(out / folder_lock.LOCK_FILE):
+                lock.claim()
+            run_folder.check(out, cfg, resume=resume)
+        except DistillError as e:
+            error = str(e)
+    if accelerator.num_processes > 1:
+        error = broadcast_object_list([error])[0]
+    if error is not None:
+        raise DistillError(error)
 
 
 def _ship(

@@ -25,7 +25,8 @@ STORE_DIR = "teacher_outputs"  # teacher.cache: the teacher's soft labels for th
 RUN_RECORD = RECORD  # OUTPUT/complete.json, written last of all: the run is finished
 CONFIG_FILE = "config.yaml"  # the resolved recipe, written first: a run was started here
 # What a run makes after its teacher: replaced by output.overwrite, never mixed with another run's.
-RUN_OUTPUTS = (STUDENT_DIR, BASELINE_DIR, STAGES_DIR, "results.json", *REPORT_FILES)
+ADAPTER_DIRS = ("student_adapter", "baseline_adapter")  # student.lora: the adapters, beside the merged models
+RUN_OUTPUTS = (STUDENT_DIR, BASELINE_DIR, *ADAPTER_DIRS, STAGES_DIR, "results.json", *REPORT_FILES)
 
 
 def check(out: Path, cfg: RecipeConfig, *, resume: bool) -> None:

@@ -287,7 +287,7 @@ def test_a_damaged_latest_checkpoint_is_skipped(setup, damage):
     elif damage == "delete the manifest":
         (latest / "manifest.json").unlink()
     else:
-        (latest / "scheduler.pt").unlink()
+        (latest / "scheduler.json").unlink()
     (checkpoints / ".partial_step_8").mkdir()  # and what interrupted writes left behind
     (out / "stages" / ".old_teacher_finetune").mkdir()  # a kill while a finished stage's checkpoints went
     (out / "teacher" / ".partial_README.md").write_text("half")
