@@ -138,7 +138,13 @@ def latest_intact(accelerator: Accelerator, stage_dir: Path, name: str) -> Path 
 
 def load(accelerator: Accelerator, checkpoint: Path, scheduler: Any) -> tuple[int, list, list[float]]:
     """Restore model, optimizer, RNG and scheduler states; returns (step, history, running sums)."""
-    accelerator.load_state(str(checkpoint))  # its own torch.load calls are weights_only=True
+    # Accelerate reads its files with torch's restricted unpickler (weights_only=True), but skips
+    # random states it cannot read with only a log line: read them first, so that such a file
+    # stops the resume instead of silently leaving dropout's random stream where it is.
+    from accelerate.utils import load as restricted_load
+
+    restricted_load(checkpoint / f"random_states_{accelerator.process_index}.pkl")
+    accelerator.load_state(str(checkpoint))
     if (checkpoint / SCHEDULER).is_file():
         scheduler.load_state_dict(json.loads((checkpoint / SCHEDULER).read_text()))
     else:

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -387,6 +388,8 @@ def quiet_libraries() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    # PEFT (student.lora) still asks transformers a deprecated question: not the user's concern.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     transformers.utils.logging.disable_progress_bar()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # read errors are raised, then said once
     datasets.disable_progress_bars()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,23 +18,18 @@ ROOT = Path(__file__).resolve().parent.parent
 def installed(tmp_path_factory):
     """(folder the wheel is installed into, a clean working folder, the environment to run in)."""
     tmp = tmp_path_factory.mktemp("wheel")
+    # Built from a copy of the sources: setuptools writes build/ beside them, and a stale build/
+    # would put files into the wheel that the checkout no longer has.
+    source = tmp / "source"
+    skip = shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "runs", "__pycache__", ".*_cache")
+    shutil.copytree(ROOT, source, ignore=skip)
+    wheel_cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
     build = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp / "dist"),
-            str(ROOT),
-        ],
+        [*wheel_cmd, "-w", str(tmp / "dist"), str(source)],
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=tmp,  # setuptools' build/ folder goes here, not into the checkout
+        cwd=source,
     )
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = (tmp / "dist").glob("distill-*.whl")
