@@ -50,16 +50,19 @@ def ship(
     """
     path = Path(path)
     partial = path.with_name(f"{atomic.PARTIAL}{path.name}")
-    accelerator.wait_for_everyone()
+    # Every process takes part: a model sharded by FSDP or DeepSpeed ZeRO-3 is gathered here (the
+    # full weights on the main process), a replicated one is just its own state dict.
+    state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         with atomic.disk_errors(path):
             atomic.remove(partial)
             partial.mkdir(parents=True)
-            accelerator.unwrap_model(model).save_pretrained(partial, save_function=accelerator.save)
+            bare = accelerator.unwrap_model(model)
+            bare.save_pretrained(partial, state_dict=state, save_function=accelerator.save)
             tokenizer.save_pretrained(partial)
     accelerator.wait_for_everyone()
     saved = reload(task, partial, accelerator.device)
-    check_reload(name, model, saved, task, probe, accelerator)
+    check_reload(name, model, saved, task, probe, accelerator, state=state)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with atomic.disk_errors(path):
@@ -83,11 +86,14 @@ def check_reload(
     task: ModuleType,
     batch: dict[str, torch.Tensor],
     accelerator: Accelerator,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """The reloaded model must hold the trained model's weights and give its outputs on ``batch``;
     else :class:`RunFailed`.
 
-    Every tensor the two state dicts share must be equal bit for bit, whatever the precision. Then
+    Every tensor the two state dicts share must be equal bit for bit, whatever the precision
+    (``state``: the trained weights as saved, gathered if the model is sharded; empty on the
+    processes that did not gather them). Then
     both run in eval mode on the same device under the run's mixed precision (the precision the
     report measures them in), so the logits may differ only by what that precision rounds
     (:data:`TOLERANCE`); anything ``save_pretrained`` silently left out or changed shows here.
@@ -98,7 +104,7 @@ def check_reload(
         "from_pretrained); the report would not describe the files, so it was not written"
     )
     theirs_state = reloaded.state_dict()
-    for key, tensor in trained.state_dict().items():
+    for key, tensor in (trained.state_dict() if state is None else state).items():
         other = theirs_state.get(key)
         if (
             other is not None

@@ -73,6 +73,26 @@ def mixed_precision(cfg: RecipeConfig) -> str:
     return precision
 
 
+def sharding(cfg: RecipeConfig) -> str | None:
+    """The sharded training the launcher asks for (``accelerate launch --use_fsdp`` or DeepSpeed),
+    refused where distill cannot follow it yet."""
+    launched = next(
+        (
+            name
+            for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"))
+            if os.environ.get(flag, "").lower() == "true"
+        ),
+        None,
+    )
+    if launched and cfg.student.lora.enabled:
+        raise DistillError(
+            f"student.lora: LoRA students are not trained under {launched} yet (the adapters are merged "
+            "from a whole model); launch without sharding (adapters need little memory) or set "
+            "student.lora.enabled=false"
+        )
+    return launched
+
+
 def with_precision(cfg: RecipeConfig) -> RecipeConfig:
     """``cfg`` with ``train.mixed_precision`` resolved (:func:`mixed_precision`): what the run
     trains in, as its stage settings and ``config.yaml`` record it."""

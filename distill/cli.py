@@ -119,6 +119,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     cfg = load_recipe(find_recipe(args.recipe), args.overrides)
     # What `run` (or `run --resume`) would say of the output folder: held by a live run, finished...
+    checks.output_dir(cfg.output.dir)
     folder_lock.refuse_if_held(Path(cfg.output.dir))
     run_folder.check(Path(cfg.output.dir), checks.with_precision(cfg), resume=args.resume)
     plan = prepare(cfg)

@@ -174,6 +174,10 @@ def train(
     student, projection = prepared[0], (prepared[1] if len(modules) > 1 else None)
     optimizer, train_dl, eval_dl = prepared[len(modules) :]
     loss_step.projection = accelerator.unwrap_model(projection) if projection is not None else None
+    if getattr(accelerator, "is_fsdp2", False):
+        # generate() (evaluation, on-policy samples) keeps the processes in step only for models it
+        # knows are sharded; Accelerate's fully_shard does not mark them as transformers' own does.
+        accelerator.unwrap_model(student)._is_fsdp_managed_module = True
     if loss_step.teacher is not None:
         # The teacher is not prepared (never wrapped for DDP, never in a checkpoint): place it by hand.
         loss_step.teacher.to(accelerator.device)
