@@ -1,5 +1,6 @@
 # The README's two commands: `make quickstart` and `make test`. Each installs what it needs into .venv.
 VENV ?= .venv
+TORCH_INDEX_URL ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -8,8 +9,10 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# The CPU build of torch first: a bare `torch` requirement would pull a CUDA build of several GB.
-	$(PY) -m pip install --quiet torch==2.13.0
+	# torch first. Where pip is set up for CPU wheels, torch==2.13.0 is the CPU build; PyPI's own Linux
+	# wheel is the CUDA build (several GB): TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu takes
+	# the CPU build from PyTorch's index instead.
+	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install --quiet -e ".[offline,dev]"
 	touch $(STAMP)
 

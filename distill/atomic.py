@@ -21,6 +21,7 @@ from typing import Any
 
 from distill.errors import DistillError
 
+FULL_BYTES = 1 << 20  # less free space than this, and a write that failed without saying why ran out of it
 PARTIAL = ".partial_"  # folders and files being written
 OLD = ".old_"  # folders being replaced or removed
 
@@ -173,7 +174,26 @@ def disk_errors(path: Path) -> Iterator[None]:
     except DistillError:
         raise
     except Exception as e:
-        cause = disk_problem(e)
+        # torch.save reports a failed write as a bare RuntimeError ("iostream error"), without
+        # the errno: then the file system itself is asked whether it is full or read-only.
+        cause = disk_problem(e) or file_system_problem(path)
         if cause is None:
             raise
         raise DistillError(f"cannot write {path}: {cause}") from None
+
+
+def file_system_problem(path: Path) -> str | None:
+    """``No space left on device`` or ``Read-only file system`` if that is the state of the file
+    system ``path`` is on (or would be created on), else None."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return None
+    if stat.f_flag & os.ST_RDONLY:
+        return os.strerror(errno.EROFS)
+    if stat.f_bavail * stat.f_frsize < FULL_BYTES:
+        return os.strerror(errno.ENOSPC)
+    return None

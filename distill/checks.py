@@ -73,9 +73,13 @@ def mixed_precision(cfg: RecipeConfig) -> str:
     return precision
 
 
-def sharding(cfg: RecipeConfig) -> str | None:
-    """The sharded training the launcher asks for (``accelerate launch --use_fsdp`` or DeepSpeed),
-    refused where distill cannot follow it yet."""
+def launcher_settings(cfg: RecipeConfig) -> str | None:
+    """What ``accelerate launch`` asks for besides the precision, where distill cannot silently
+    follow it: returns the sharded training asked for (``FSDP``, ``DeepSpeed`` or None).
+
+    The loop accumulates gradients itself (``train.gradient_accumulation_steps``), so a launcher's
+    own count that differs is refused rather than ignored; so are LoRA students under sharding.
+    """
     launched = next(
         (
             name
@@ -89,6 +93,14 @@ def sharding(cfg: RecipeConfig) -> str | None:
             f"student.lora: LoRA students are not trained under {launched} yet (the adapters are merged "
             "from a whole model); launch without sharding (adapters need little memory) or set "
             "student.lora.enabled=false"
+        )
+    steps = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "").strip()
+    if steps and steps != str(cfg.train.gradient_accumulation_steps):
+        raise DistillError(
+            f"the launcher's gradient accumulation ({steps} steps, accelerate launch "
+            "--gradient_accumulation_steps or its config) differs from train.gradient_accumulation_steps="
+            f"{cfg.train.gradient_accumulation_steps}; distill accumulates by the recipe's: set it there and "
+            "drop the launcher's"
         )
     return launched
 

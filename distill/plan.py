@@ -63,7 +63,7 @@ def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
     config against the teacher, data, labels, column types, split sizes, tokenizers, and the teacher
     and a trial student on the longest inputs the recipe allows. Writes nothing."""
     cfg = checks.with_precision(cfg)
-    checks.sharding(cfg)
+    checks.launcher_settings(cfg)
     task = tasks.TASKS[cfg.task]
     processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
     checks.output_dir(cfg.output.dir)

@@ -332,3 +332,32 @@ def test_training_split_smaller_than_a_batch(tmp_path, teacher_dir, capsys):
     )
     assert run_cli("run", write_recipe(tmp_path / "r.yaml", raw)) == 2
     assert "fewer than one global batch (32 x 1 processes)" in capsys.readouterr().err
+
+
+def test_a_library_thread_failing_on_a_full_disk_prints_no_traceback(capsys, monkeypatch):
+    """TensorBoard's writer thread meeting a full disk says nothing (the main thread says it in one
+    line); any other failure in a thread is a bug and keeps its traceback."""
+    import errno
+    import threading
+
+    from distill import cli
+
+    monkeypatch.setattr(threading, "excepthook", cli._thread_excepthook)
+    monkeypatch.setattr(cli, "_thread_disk_problems", [])
+    passed_on = []  # what reaches Python's own hook, which prints the traceback
+    monkeypatch.setattr(cli, "_default_thread_excepthook", lambda args: passed_on.append(args.exc_value))
+
+    def fail(error: BaseException):
+        def target():
+            raise error
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join()
+
+    fail(OSError(errno.ENOSPC, "No space left on device", "/out/logs/events"))
+    assert capsys.readouterr().err == ""
+    assert cli._thread_disk_problems == ["No space left on device"]
+    assert passed_on == []
+    fail(ValueError("a bug"))
+    assert [str(e) for e in passed_on] == ["a bug"]
