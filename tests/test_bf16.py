@@ -211,3 +211,13 @@ def test_accelerate_launch_decides_the_precision_unless_the_recipe_says(tmp_path
     )
     assert proc.returncode == 2
     assert "was started with other settings (train.mixed_precision changed)" in proc.stderr, proc.stderr
+
+
+def test_a_launcher_accumulation_that_differs_is_refused(tmp_path, data_csv, capsys, monkeypatch):
+    recipe = write_recipe(
+        tmp_path / "r.yaml", recipe_dict(save_tiny_bert(tmp_path / "teacher"), data_csv, tmp_path / "out")
+    )
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
+    assert main(["validate", str(recipe)]) == 2
+    assert "the launcher's gradient accumulation (4 steps" in capsys.readouterr().err
+    assert main(["validate", str(recipe), "train.gradient_accumulation_steps=4"]) == 0

@@ -107,3 +107,10 @@ def test_validate_refuses_adapters_the_student_cannot_take(tmp_path, data_csv, c
     )
     assert "adapters on a randomly initialised student" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_lora_under_sharded_training_is_refused(tmp_path, data_csv, capsys, monkeypatch):
+    recipe, _ = lora_recipe(tmp_path, data_csv, tmp_path / "out")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # as `accelerate launch --use_fsdp` sets it
+    assert main(["validate", str(recipe)]) == 2
+    assert "student.lora: LoRA students are not trained under FSDP yet" in capsys.readouterr().err
