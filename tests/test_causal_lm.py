@@ -348,11 +348,8 @@ def test_on_policy_needs_prompts_and_an_online_teacher(tmp_path, pairs_csv, caps
 
 
 def test_an_on_policy_run_killed_mid_stage_resumes_to_the_same_weights(tmp_path, pairs_csv):
-    import signal
-    import subprocess
-
     from safetensors.torch import load_file
-    from test_faults import Trial, command, env, interrupt
+    from test_faults import killed_mid_stage_and_resumed
 
     teacher = save_causal(tmp_path / "teacher", "llama")
     raw = causal_recipe(
@@ -363,22 +360,7 @@ def test_an_on_policy_run_killed_mid_stage_resumes_to_the_same_weights(tmp_path,
         train={"steps": 8, "checkpoint_every": 1, "keep_checkpoints": 2, "log_every": 3},
     )
     recipe = write_recipe(tmp_path / "r.yaml", raw)
-    reference, out = tmp_path / "reference", tmp_path / "out"
-    done = subprocess.run(
-        command(recipe, reference), env=env(tmp_path), capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    first = interrupt(
-        command(recipe, out),
-        out,
-        Trial("stages/distill/checkpoints/step_4", 0.0, signal.SIGKILL),
-        env(tmp_path),
-    )
-    assert first.returncode != 0 and not (out / "student").exists()  # stopped inside the student stage
-    resumed = subprocess.run(
-        command(recipe, out, "--resume"), env=env(tmp_path), capture_output=True, text=True, timeout=300
-    )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    reference, out = killed_mid_stage_and_resumed(recipe, tmp_path, "stages/distill/checkpoints/step_4")
     a = load_file(str(reference / "student" / "model.safetensors"))
     b = load_file(str(out / "student" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -177,6 +177,23 @@ def interrupt(cmd: list[str], out: Path, trial: Trial, environment: dict) -> sub
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
+def killed_mid_stage_and_resumed(recipe: Path, tmp: Path, trigger: str) -> tuple[Path, Path]:
+    """An uninterrupted run into ``tmp/reference``, and one into ``tmp/out`` killed (-9) when
+    ``trigger`` appears, inside the student stage, then resumed; returns both folders."""
+    reference, out = tmp / "reference", tmp / "out"
+    done = subprocess.run(
+        command(recipe, reference), env=env(tmp), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    first = interrupt(command(recipe, out), out, Trial(trigger, 0.0, signal.SIGKILL), env(tmp))
+    assert first.returncode != 0 and not (out / "student").exists()  # stopped inside the student stage
+    resumed = subprocess.run(
+        command(recipe, out, "--resume"), env=env(tmp), capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    return reference, out
+
+
 def run_trial(index: int, trial: Trial, setup, keep: bool = False) -> dict:
     tmp, recipe, reference, _ = setup
     out = tmp / f"trial{index}"

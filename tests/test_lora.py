@@ -4,8 +4,6 @@ transformers folder with them merged in, the adapter beside it, and resume is ex
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 
 import torch
 from conftest import read_report, recipe_dict, save_tiny_bert, write_recipe
@@ -62,25 +60,10 @@ def test_a_lora_student_ships_merged_with_its_adapter_beside_it(tmp_path, data_c
 
 
 def test_a_lora_run_killed_mid_stage_resumes_to_the_same_weights(tmp_path, data_csv):
-    from test_faults import Trial, command, env, interrupt
+    from test_faults import killed_mid_stage_and_resumed
 
     recipe, _ = lora_recipe(tmp_path, data_csv, tmp_path / "unused", steps=8, checkpoint_every=1, log_every=3)
-    reference, out = tmp_path / "reference", tmp_path / "out"
-    done = subprocess.run(
-        command(recipe, reference), env=env(tmp_path), capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    first = interrupt(
-        command(recipe, out),
-        out,
-        Trial("stages/distill/checkpoints/step_4", 0.0, signal.SIGKILL),
-        env(tmp_path),
-    )
-    assert first.returncode != 0 and not (out / "student").exists()
-    resumed = subprocess.run(
-        command(recipe, out, "--resume"), env=env(tmp_path), capture_output=True, text=True, timeout=300
-    )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    reference, out = killed_mid_stage_and_resumed(recipe, tmp_path, "stages/distill/checkpoints/step_4")
     for folder, file in (("student", "model.safetensors"), ("student_adapter", "adapter_model.safetensors")):
         a, b = (load_file(str(d / folder / file)) for d in (reference, out))
         assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), folder
