@@ -356,8 +356,9 @@ def test_a_library_thread_failing_on_a_full_disk_prints_no_traceback(capsys, mon
         thread.join()
 
     fail(OSError(errno.ENOSPC, "No space left on device", "/out/logs/events"))
+    fail(OSError(errno.EROFS, "Read-only file system", "/out/logs/events"))
     assert capsys.readouterr().err == ""
-    assert cli._thread_disk_problems == ["No space left on device"]
+    assert cli._thread_disk_problems == ["No space left on device", "Read-only file system"]
     assert passed_on == []
     fail(ValueError("a bug"))
     assert [str(e) for e in passed_on] == ["a bug"]

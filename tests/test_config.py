@@ -131,3 +131,33 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = load_recipe(recipe(tmp_path), ["loss.alpha=0.25", "student.layers=[0, 3]"])
     again = from_dict(yaml.safe_load(dump_yaml(cfg)))
     assert again == cfg
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "train:\n  steps: 2\n  steps: 6\n",
+            r"r\.yaml: key 'train\.steps' is given twice \(lines 2 and 3\); keep one of them$",
+        ),
+        ("output:\n  dir: a\noutput:\n  dir: b\n", r"key 'output' is given twice \(lines 1 and 3\)"),
+        ("data:\n  files:\n    train: a.csv\n    train: b.csv\n", r"key 'data\.files\.train' is given twice"),
+    ],
+)
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, text, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)  # refused while reading, before any other check
+    with pytest.raises(DistillError, match=message) as caught:
+        load_recipe(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_only_true_and_false_are_booleans(tmp_path):
+    """YAML 1.1's no/yes/on/off would arrive as booleans: `train.mixed_precision=no` must be 'no'."""
+    path = recipe(tmp_path)
+    path.write_text(path.read_text() + "train:\n  mixed_precision: no\n  baseline: True\n")
+    cfg = load_recipe(path, ["eval.latency=false"])
+    assert (cfg.train.mixed_precision, cfg.train.baseline, cfg.eval.latency) == ("no", True, False)
+    assert load_recipe(recipe(tmp_path), ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    with pytest.raises(DistillError, match="train.baseline: expected true or false, got 'yes'"):
+        load_recipe(recipe(tmp_path), ["train.baseline=yes"])
