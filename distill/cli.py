@@ -112,17 +112,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from distill import checks, folder_lock, run_folder
+    from distill import folder_lock, run_folder
     from distill.config import load_recipe
     from distill.modeling import num_layers
     from distill.plan import prepare
 
     cfg = load_recipe(find_recipe(args.recipe), args.overrides)
+    plan = prepare(cfg)  # checks output.dir itself first
     # What `run` (or `run --resume`) would say of the output folder: held by a live run, finished...
-    checks.output_dir(cfg.output.dir)
     folder_lock.refuse_if_held(Path(cfg.output.dir))
-    run_folder.check(Path(cfg.output.dir), checks.with_precision(cfg), resume=args.resume)
-    plan = prepare(cfg)
+    run_folder.check(Path(cfg.output.dir), plan.cfg, resume=args.resume)
     sizes = ", ".join(f"{name} {len(split)}" for name, split in plan.splits.items())
     print(f"recipe OK: {cfg.description or args.recipe}")
     source = (

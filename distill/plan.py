@@ -73,6 +73,10 @@ def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
     reuse = marker is not None and is_model_folder(finetuned)
     if reuse:
         recorded = marker.get("settings")
+        if isinstance(recorded, dict):
+            # Teachers saved before the precision was recorded were trained in float32: a bf16
+            # stage could not finish then (its reload check failed before the marker was written).
+            recorded = {"train.mixed_precision": "no", **recorded}
         current = stage_settings(cfg)
         if recorded != current:
             recorded = recorded if isinstance(recorded, dict) else {}
