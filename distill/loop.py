@@ -341,6 +341,8 @@ def optimizer_step(
     shows a non-finite gradient.
     """
     norm = accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf)
+    if hasattr(norm, "full_tensor"):  # FSDP2: the norm of sharded gradients is a DTensor
+        norm = norm.full_tensor()
     finite = torch.isfinite(loss)
     if check_gradient and norm is not None:
         finite = finite & torch.isfinite(torch.as_tensor(norm, device=finite.device))

@@ -1,0 +1,102 @@
+"""Sharded training (FSDP2) on two gloo CPU processes, through Accelerate's own FSDP2 code with its
+state set to FSDP (``tests/fsdp_on_cpu.py``: Accelerate itself enables FSDP only on GPUs): the
+sharded student trains as one process does, is gathered into a plain ``from_pretrained`` folder,
+checkpoints its sharded state, and a run killed (-9) mid-stage resumes to the same weights."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from conftest import read_report, recipe_dict, save_tiny_bert, write_recipe
+from safetensors.torch import load_file
+from test_distributed import free_port
+from test_faults import env
+
+HERE = Path(__file__).resolve().parent
+
+
+def sharded(recipe: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
+        *("--master_port", str(free_port()), str(HERE / "fsdp_on_cpu.py")),
+        *("run", str(recipe), f"output.dir={out}", "train.batch_size=4", *extra),
+    ]
+
+
+def history(out: Path) -> list[dict]:
+    return json.loads((out / "results.json").read_text())["history"]
+
+
+def test_fsdp2_trains_as_one_process_saves_a_plain_folder_and_resumes_exactly(tmp_path, data_csv):
+    teacher = save_tiny_bert(tmp_path / "teacher", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    raw = recipe_dict(
+        teacher,
+        data_csv,
+        tmp_path / "unused",
+        train={"steps": 8, "checkpoint_every": 1, "log_every": 1, "learning_rate": 3e-3},
+        eval={"batch_size": 8, "latency": False},
+    )
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    one, straight, killed = tmp_path / "one", tmp_path / "straight", tmp_path / "killed"
+    single = [
+        sys.executable,
+        "-m",
+        "distill.cli",
+        "run",
+        str(recipe),
+        f"output.dir={one}",
+        "train.batch_size=8",
+    ]
+    for cmd in (single, sharded(recipe, straight)):
+        done = subprocess.run(cmd, env=env(tmp_path), capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    # Sharded for real: Accelerate's FSDP2 checkpoint layout, one optimizer shard per process.
+    checkpoint = straight / "stages" / "distill" / "checkpoints" / "step_7"
+    files = set(json.loads((checkpoint / "manifest.json").read_text())["files"])
+    assert any(f.startswith("pytorch_model_fsdp_0/") for f in files), sorted(files)[:8]
+    assert any(f.startswith("optimizer_0/") for f in files), sorted(files)[:8]
+    # The same global batch of 8: the same losses step by step, and the same report.
+    la = [h["train/loss"] for h in history(one) if "train/loss" in h]
+    lb = [h["train/loss"] for h in history(straight) if "train/loss" in h]
+    assert len(la) == len(lb) == 8 and la == pytest.approx(lb, rel=1e-4)
+    ra, rb = read_report(one), read_report(straight)
+    assert ra["by_name"]["student"]["metrics"] == rb["by_name"]["student"]["metrics"]
+    # Gathered into a whole, plain folder: every weight of the single-process student, close to it.
+    a, b = (load_file(str(d / "student" / "model.safetensors")) for d in (one, straight))
+    assert set(a) == set(b)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+    # Every process killed at once (a lost machine): the launcher and both ranks.
+    proc = subprocess.Popen(
+        sharded(recipe, killed),
+        env=env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    trigger = killed / "stages" / "distill" / "checkpoints" / "step_4"
+    deadline = time.monotonic() + 300
+    while not trigger.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    launcher = psutil.Process(proc.pid)
+    for process in [*launcher.children(recursive=True), launcher]:  # the ranks run in their own groups
+        process.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not (killed / "student").exists()
+    resumed = subprocess.run(
+        sharded(recipe, killed, "--resume"), env=env(tmp_path), capture_output=True, text=True, timeout=400
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    c = load_file(str(killed / "student" / "model.safetensors"))
+    assert all(torch.equal(b[k], c[k]) for k in b)
+    assert history(straight) == history(killed)
