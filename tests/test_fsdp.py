@@ -100,3 +100,36 @@ def test_fsdp2_trains_as_one_process_saves_a_plain_folder_and_resumes_exactly(tm
     c = load_file(str(killed / "student" / "model.safetensors"))
     assert all(torch.equal(b[k], c[k]) for k in b)
     assert history(straight) == history(killed)
+
+
+def test_fsdp2_decoder_only_with_on_policy_samples_and_generated_scores(tmp_path, pairs_csv):
+    """generate() on a sharded student (on-policy samples of different lengths per process,
+    validation by greedy completions) keeps the processes in step: the run ends, in bf16, with the
+    losses of one process with the same global batch."""
+    from test_causal_lm import causal_recipe, save_causal
+
+    raw = causal_recipe(
+        save_causal(tmp_path / "teacher", "llama"),
+        pairs_csv,
+        tmp_path / "unused",
+        loss={"on_policy": 0.5},
+        train={"steps": 4, "log_every": 1, "eval_every": 2, "seed": 5, "mixed_precision": "bf16"},
+    )
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = [
+        sys.executable,
+        "-m",
+        "distill.cli",
+        "run",
+        str(recipe),
+        f"output.dir={one}",
+        "train.batch_size=8",
+    ]
+    for cmd in (single, sharded(recipe, two)):
+        done = subprocess.run(cmd, env=env(tmp_path), capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stderr[-3000:]
+    la = [h["train/loss"] for h in history(one) if "train/loss" in h]
+    lb = [h["train/loss"] for h in history(two) if "train/loss" in h]
+    assert len(la) == len(lb) == 4 and la == pytest.approx(lb, rel=2e-2)  # bf16: rounding differs by layout
+    assert read_report(two)["mixed_precision"] == "bf16"
