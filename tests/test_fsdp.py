@@ -31,6 +31,22 @@ def sharded(recipe: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
+def run_one_and_sharded(recipe: Path, one: Path, two: Path, tmp: Path) -> None:
+    """The recipe in one process with batch 8 into ``one``, and sharded over two with 4 each into ``two``."""
+    single = [
+        sys.executable,
+        "-m",
+        "distill.cli",
+        "run",
+        str(recipe),
+        f"output.dir={one}",
+        "train.batch_size=8",
+    ]
+    for cmd in (single, sharded(recipe, two)):
+        done = subprocess.run(cmd, env=env(tmp), capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+
 def history(out: Path) -> list[dict]:
     return json.loads((out / "results.json").read_text())["history"]
 
@@ -46,18 +62,7 @@ def test_fsdp2_trains_as_one_process_saves_a_plain_folder_and_resumes_exactly(tm
     )
     recipe = write_recipe(tmp_path / "r.yaml", raw)
     one, straight, killed = tmp_path / "one", tmp_path / "straight", tmp_path / "killed"
-    single = [
-        sys.executable,
-        "-m",
-        "distill.cli",
-        "run",
-        str(recipe),
-        f"output.dir={one}",
-        "train.batch_size=8",
-    ]
-    for cmd in (single, sharded(recipe, straight)):
-        done = subprocess.run(cmd, env=env(tmp_path), capture_output=True, text=True, timeout=400)
-        assert done.returncode == 0, done.stderr[-3000:]
+    run_one_and_sharded(recipe, one, straight, tmp_path)
 
     # Sharded for real: Accelerate's FSDP2 checkpoint layout, one optimizer shard per process.
     checkpoint = straight / "stages" / "distill" / "checkpoints" / "step_7"
@@ -117,18 +122,7 @@ def test_fsdp2_decoder_only_with_on_policy_samples_and_generated_scores(tmp_path
     )
     recipe = write_recipe(tmp_path / "r.yaml", raw)
     one, two = tmp_path / "one", tmp_path / "two"
-    single = [
-        sys.executable,
-        "-m",
-        "distill.cli",
-        "run",
-        str(recipe),
-        f"output.dir={one}",
-        "train.batch_size=8",
-    ]
-    for cmd in (single, sharded(recipe, two)):
-        done = subprocess.run(cmd, env=env(tmp_path), capture_output=True, text=True, timeout=400)
-        assert done.returncode == 0, done.stderr[-3000:]
+    run_one_and_sharded(recipe, one, two, tmp_path)
     la = [h["train/loss"] for h in history(one) if "train/loss" in h]
     lb = [h["train/loss"] for h in history(two) if "train/loss" in h]
     assert len(la) == len(lb) == 4 and la == pytest.approx(lb, rel=2e-2)  # bf16: rounding differs by layout
