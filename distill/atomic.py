@@ -98,14 +98,19 @@ def new_folder(path: Path) -> Iterator[Path]:
 
 
 def replace_folder(src: Path, dst: Path) -> None:
-    """Rename ``src`` onto ``dst``; an existing ``dst`` is moved aside first and then removed."""
+    """Rename ``src`` onto ``dst``; an existing ``dst`` is moved aside first and then removed.
+
+    Everything in ``src`` is synced to the disk before the rename, so a folder that has its name
+    holds its files even after a crash of the machine or a disk that turns read-only (the kernel
+    drops what it had not yet written)."""
+    sync_tree(src)
     old = dst.with_name(f"{OLD}{dst.name}")
     remove(old)
     if dst.exists():
         os.replace(dst, old)
     os.replace(src, dst)
     remove(old)
-    _sync_dir(dst.parent)
+    sync_dir(dst.parent)
 
 
 def remove(path: Path) -> None:
@@ -137,7 +142,28 @@ def clean_leftovers(folder: Path, *, recursive: bool = False) -> None:
             clean_leftovers(entry, recursive=True)
 
 
-def _sync_dir(folder: Path) -> None:
+def sync_tree(folder: Path) -> None:
+    """fsync every file and folder under ``folder`` (and ``folder`` itself), deepest first."""
+    for entry in sorted(Path(folder).rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if entry.is_symlink():
+            continue
+        if entry.is_file():
+            sync_file(entry)
+        elif entry.is_dir():
+            sync_dir(entry)
+    sync_dir(folder)
+
+
+def sync_file(path: Path) -> None:
+    """fsync one file (errors propagate: a file that cannot reach the disk is not written)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:

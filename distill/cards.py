@@ -16,8 +16,34 @@ def hub_id(name_or_path: str) -> str | None:
     return name_or_path
 
 
+def describe_built(built: dict[str, Any]) -> str:
+    """One phrase for what pruning (or layers=auto) measured and kept."""
+    importance = built.get("importance", {})
+    pruned = built.get("pruned")
+    parts = []
+    if pruned:
+        parts.append(f"pruned from the teacher: layers {pruned['layers']} kept")
+        for side, width in (pruned.get("intermediate") or {}).items():
+            where = "" if side == "layers" else f" ({side})"
+            parts.append(f"MLP width {width}{where}")
+        if "heads" in pruned:
+            parts.append(f"{pruned['heads']} attention heads in {pruned['key_value_heads']} key/value groups")
+    if importance:
+        scores = next(iter(importance["layer_scores"].values()))
+        parts.append(
+            f"layers ranked by {importance['depth_method']} on {importance['calibration_examples']} "
+            f"training examples (scores {', '.join(f'{x:.4g}' for x in scores)})"
+        )
+    return "; ".join(parts)
+
+
 def how_made(
-    cfg: RecipeConfig, role: str, copied: list[int] | None, train_examples: int, processes: int
+    cfg: RecipeConfig,
+    role: str,
+    copied: list[int] | None,
+    train_examples: int,
+    processes: int,
+    built: dict[str, Any] | None = None,
 ) -> list[tuple[str, str]]:
     """The model card's "how it was made" rows, from the resolved recipe."""
     t, s, loss, tr = cfg.teacher, cfg.student, cfg.loss, cfg.train
@@ -32,10 +58,14 @@ def how_made(
         init = f"copied from the teacher: embeddings, head, {encoder} and decoder layers {copied}"
     elif s.init == "copy_layers":
         init = f"copied from the teacher: embeddings, head and layers {copied}"
+    elif s.init == "prune":
+        init = describe_built(built or {}) or f"pruned from the teacher: layers {copied} kept"
     elif s.init == "from_config":
         init = f"random, the teacher's config with {s.config_overrides}"
     else:
         init = f"pretrained `{s.name_or_path}`"
+    if s.init == "copy_layers" and built:
+        init += f" ({describe_built(built)})"
     if s.lora.enabled:
         init += (
             f"; trained as LoRA adapters (rank {s.lora.r}, alpha {s.lora.alpha:g}) and the task head, "

@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from datasets import DatasetDict
 from transformers import AutoConfig, AutoTokenizer
 
-from distill import checks, tasks
+from distill import checks, folder_lock, tasks
 from distill.config import RecipeConfig
 from distill.data import load_raw
 from distill.errors import DistillError
@@ -19,6 +19,8 @@ from distill.metrics import load_metric
 from distill.modeling import check_same_tokenizer, freeze, load_pretrained, resolve_path
 from distill.report import console_summary, write_report
 from distill.run import BASELINE_DIR, STUDENT_DIR, TEACHER_DIR, _cpu_processes
+
+REMEDY = "write the report elsewhere with --out"
 
 
 def evaluate_saved(
@@ -36,6 +38,9 @@ def evaluate_saved(
     """
     task = tasks.TASKS[cfg.task]
     run_dir = Path(cfg.output.dir)
+    report_dir = Path(out) if out else run_dir
+    # The report goes into a folder no live run is writing (checked now, and held while writing).
+    folder_lock.refuse_if_held(report_dir, REMEDY)
     if teacher is None:
         saved = run_dir / TEACHER_DIR
         teacher = str(saved) if (saved / "config.json").is_file() else cfg.teacher.name_or_path
@@ -101,7 +106,12 @@ def evaluate_saved(
         extra={"recipe": cfg.description},
     )
     if accelerator.is_main_process:
-        write_report(report, Path(out) if out else run_dir)
+        lock = folder_lock.FolderLock(report_dir, REMEDY)
+        lock.claim()
+        try:
+            write_report(report, report_dir)
+        finally:
+            lock.release()
         print(console_summary(report))
     return report
 

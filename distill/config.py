@@ -21,7 +21,8 @@ from distill.typed_config import build, in_range, non_negative, one_of, positive
 TASKS = ("classification", "translation", "causal_lm")
 SOFT_LOSSES = ("kl", "reverse_kl", "jsd")
 HIDDEN_LOSSES = ("mse", "cosine")
-STUDENT_INITS = ("copy_layers", "from_config", "pretrained")
+STUDENT_INITS = ("copy_layers", "prune", "from_config", "pretrained")
+DEPTH_IMPORTANCE = ("skip_kl", "block_influence")
 PRECISIONS = ("no", "bf16", "fp16")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULERS = ("linear", "cosine", "constant")
@@ -129,17 +130,42 @@ class LoraConfig:
 
 
 @dataclass
+class PruneConfig:
+    """The student as the teacher pruned where it matters least, by importance measured on
+    calibration batches drawn (seeded by train.seed) from the training split before any training.
+    Targets are a fraction of the teacher's (0 < x <= 1) or a count (a whole number > 1)."""
+
+    layers: float = 0.5  # blocks kept (an encoder-decoder's decoder blocks; its encoder is kept whole)
+    intermediate: float = 1.0  # MLP width kept in every block (neurons ranked by mean |activation|)
+    heads: float = 1.0  # attention heads kept (key/value groups under grouped-query attention); families with an explicit head_dim only
+    depth_importance: str = "skip_kl"  # skip_kl (KL to the teacher when the block is skipped) | block_influence (1 - cos(in, out))
+    calibration_examples: int = 256  # training examples the importance is measured on
+    calibration_batch_size: int = 16  # calibration examples per forward pass
+
+    def check(self, key: str) -> None:
+        for name in ("layers", "intermediate", "heads"):
+            value = getattr(self, name)
+            if value <= 0 or (value > 1 and not float(value).is_integer()):
+                raise DistillError(f"{key}.{name}: a fraction in (0, 1] or a whole count, got {value:g}")
+        one_of(f"{key}.depth_importance", self.depth_importance, DEPTH_IMPORTANCE)
+        positive(f"{key}.calibration_examples", self.calibration_examples)
+        positive(f"{key}.calibration_batch_size", self.calibration_batch_size)
+
+
+@dataclass
 class StudentConfig:
     """How the student is built. It always shares the teacher's tokenizer."""
 
-    init: str = "copy_layers"  # copy_layers | from_config | pretrained
-    layers: list[int] | None = None  # copy_layers: teacher layers to copy (default: num_layers evenly spaced)
+    init: str = "copy_layers"  # copy_layers | prune | from_config | pretrained
+    layers: list[int] | str | None = (
+        None  # copy_layers: teacher layers to copy (default: num_layers evenly spaced; auto: the num_layers most important, as student.prune.depth_importance ranks them)
+    )
     num_layers: int = 2  # copy_layers: how many layers when `layers` is not given
     encoder_layers: list[int] | None = (
         None  # copy_layers, encoder-decoder: encoder layers to copy (default: all)
     )
-    decoder_layers: list[int] | None = (
-        None  # copy_layers, encoder-decoder: decoder layers (default: num_decoder_layers, spread)
+    decoder_layers: list[int] | str | None = (
+        None  # copy_layers, encoder-decoder: decoder layers (default: num_decoder_layers, spread; auto: the most important)
     )
     num_decoder_layers: int = (
         2  # copy_layers, encoder-decoder: decoder depth when decoder_layers is not given
@@ -147,10 +173,20 @@ class StudentConfig:
     config_overrides: dict[str, Any] = field(default_factory=dict)  # from_config: e.g. {num_hidden_layers: 4}
     name_or_path: str = ""  # pretrained: hub id or local folder of the student
     lora: LoraConfig = field(default_factory=LoraConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
     def check(self, key: str) -> None:
         one_of(f"{key}.init", self.init, STUDENT_INITS)
         self.lora.check(f"{key}.lora")
+        self.prune.check(f"{key}.prune")
+        for name in ("layers", "decoder_layers"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value != "auto":
+                raise DistillError(f"{key}.{name}: a list of teacher layers or auto, got {value!r}")
+            if value == "auto" and self.init != "copy_layers":
+                raise DistillError(
+                    f"{key}.{name}: auto chooses the layers to copy; set {key}.init=copy_layers"
+                )
         if self.lora.enabled and self.init == "from_config":
             raise DistillError(
                 f"{key}.lora: adapters on a randomly initialised student leave its weights random; "
@@ -160,7 +196,7 @@ class StudentConfig:
         positive(f"{key}.num_decoder_layers", self.num_decoder_layers)
         for name in ("layers", "encoder_layers", "decoder_layers"):
             layers = getattr(self, name)
-            if layers is None:
+            if layers is None or layers == "auto":
                 continue
             if not layers:
                 raise DistillError(f"{key}.{name}: must name at least one teacher layer")
@@ -528,20 +564,27 @@ def check_against_teacher(
     if cfg.student.init == "copy_layers" and teacher_depths is not None:
         for name, depth in zip(("encoder_layers", "decoder_layers"), teacher_depths, strict=True):
             layers = getattr(cfg.student, name)
-            bad = [i for i in layers or [] if i >= depth]
+            if name == "encoder_layers" and cfg.student.layers == "auto":
+                raise DistillError(
+                    "student.layers: auto ranks one stack; for an encoder-decoder use student.decoder_layers=auto"
+                )
+            bad = [i for i in (layers if isinstance(layers, list) else []) if i >= depth]
             if bad:
                 side = name.split("_")[0]
                 raise DistillError(
                     f"student.{name}: layer {bad[0]} does not exist; the teacher's {side} has {depth} layers (0-{depth - 1})"
                 )
-        if cfg.student.decoder_layers is None and cfg.student.num_decoder_layers > teacher_depths[1]:
+        if (
+            not isinstance(cfg.student.decoder_layers, list)
+            and cfg.student.num_decoder_layers > teacher_depths[1]
+        ):
             raise DistillError(
                 f"student.num_decoder_layers: {cfg.student.num_decoder_layers} is more than the teacher's "
                 f"{teacher_depths[1]} decoder layers"
             )
     elif cfg.student.init == "copy_layers":
         layers = cfg.student.layers
-        if layers is not None:
+        if isinstance(layers, list):
             bad = [i for i in layers if i >= num_teacher_layers]
             if bad:
                 raise DistillError(

@@ -30,8 +30,9 @@ CLAIM_SECONDS = 2.0
 class FolderLock:
     """The lock of one output folder; :meth:`claim` it, :meth:`release` it (or let the process end)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, remedy: str = "choose another output.dir"):
         self.folder = Path(folder)
+        self.remedy = remedy
         self.fd: int | None = None
 
     def claim(self) -> None:
@@ -46,7 +47,7 @@ class FolderLock:
             except OSError as e:
                 if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
                     os.close(fd)
-                    raise DistillError(in_use_message(self.folder, _read(self.folder))) from None
+                    raise DistillError(in_use_message(self.folder, _read(self.folder), self.remedy)) from None
                 time.sleep(0.05)
         holder = {
             "pid": os.getpid(),
@@ -85,14 +86,14 @@ def holder(folder: Path) -> dict | None:
         os.close(fd)
 
 
-def refuse_if_held(folder: Path) -> None:
+def refuse_if_held(folder: Path, remedy: str = "choose another output.dir") -> None:
     """A :class:`DistillError` if a live run holds ``folder``."""
     held = holder(folder)
     if held is not None:
-        raise DistillError(in_use_message(folder, held))
+        raise DistillError(in_use_message(folder, held, remedy))
 
 
-def in_use_message(folder: Path, held: dict) -> str:
+def in_use_message(folder: Path, held: dict, remedy: str = "choose another output.dir") -> str:
     who = (
         f"pid {held['pid']} on {held.get('host', '?')}, started {held.get('started', '?')}: "
         f"`{held.get('command', 'distill')}`"
@@ -101,7 +102,7 @@ def in_use_message(folder: Path, held: dict) -> str:
     )
     return (
         f"{folder} is in use by another run ({who}); wait for it to end or stop it "
-        "(a stopped run continues with --resume), or choose another output.dir"
+        f"(a stopped run continues with --resume), or {remedy}"
     )
 
 

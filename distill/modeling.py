@@ -193,19 +193,61 @@ def build_student(
     teacher: nn.Module,
     model_class: Any,
     label_kwargs: dict[str, Any],
+    calibration: Callable[[], list[dict[str, torch.Tensor]]] | None = None,
+    record: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, list[int] | None]:
-    """Build the student as the recipe says. Returns the student and the copied teacher layers (if any)."""
+    """Build the student as the recipe says. Returns the student and the copied teacher layers (if any).
+
+    ``calibration`` gives the batches that importance is measured on (``student.init=prune``,
+    ``layers: auto``); without it (``validate``'s trial student) the first units are kept, which
+    builds the same shapes. What was measured and kept goes into ``record``.
+    """
+    from distill import pruning
+
+    def importance(width: bool, heads: bool) -> pruning.Importance | None:
+        if calibration is None:
+            return None
+        return pruning.measure(
+            teacher, calibration(), method=spec.prune.depth_importance, width=width, heads=heads
+        )
+
+    def ranked(n_keep: int) -> list[int]:
+        scores = importance(False, False)
+        if record is not None and scores is not None:
+            record["importance"] = scores.summary()
+        if scores is None:
+            return list(range(n_keep))
+        return pruning.rank_layers(next(iter(scores.layers.values())), n_keep)
+
     n_teacher = num_layers(teacher.config)
     if spec.init == "copy_layers" and getattr(teacher.config, "is_encoder_decoder", False):
         n_enc, n_dec = encoder_decoder_depths(teacher.config)
         enc = spec.encoder_layers if spec.encoder_layers is not None else list(range(n_enc))
-        dec = (
-            spec.decoder_layers if spec.decoder_layers is not None else spread(n_dec, spec.num_decoder_layers)
-        )
+        if spec.decoder_layers == "auto":
+            dec = ranked(spec.num_decoder_layers)
+        elif spec.decoder_layers is not None:
+            dec = spec.decoder_layers
+        else:
+            dec = spread(n_dec, spec.num_decoder_layers)
         return copy_encoder_decoder_layers(teacher, enc, dec), dec
     if spec.init == "copy_layers":
-        layers = spec.layers if spec.layers is not None else evenly_spaced(n_teacher, spec.num_layers)
+        if spec.layers == "auto":
+            layers = ranked(spec.num_layers)
+        elif spec.layers is not None:
+            layers = spec.layers
+        else:
+            layers = evenly_spaced(n_teacher, spec.num_layers)
         return copy_layers(teacher, layers), layers
+    if spec.init == "prune":
+        p = spec.prune
+        pruning.check_prunable(teacher, p)
+        scores = importance(p.intermediate != 1, p.heads != 1)
+        student, kept = pruning.prune(teacher, p, scores)
+        if record is not None:
+            record["pruned"] = kept
+            if scores is not None:
+                record["importance"] = scores.summary()
+        return student, kept["layers"]
     if spec.init == "from_config":
         config = student_config(teacher.config, spec.config_overrides, label_kwargs)
         return model_class.from_config(config), None

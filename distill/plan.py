@@ -33,6 +33,7 @@ from distill.modeling import (
     num_layers,
     student_config,
 )
+from distill.pruning import size_from
 from distill.run_folder import STORE_DIR, TEACHER_DIR
 from distill.teachers import new_teacher_config, stage_settings, store_settings
 
@@ -169,7 +170,14 @@ def load_teacher(plan: Plan) -> torch.nn.Module:
 def _student_depth(cfg: RecipeConfig, teacher_config: Any) -> int:
     s = cfg.student
     if s.init == "copy_layers":
-        return len(s.layers) if s.layers is not None else s.num_layers
+        return len(s.layers) if isinstance(s.layers, list) else s.num_layers
+    if s.init == "prune":
+        depth = (
+            encoder_decoder_depths(teacher_config)[1]
+            if getattr(teacher_config, "is_encoder_decoder", False)
+            else num_layers(teacher_config)
+        )
+        return size_from(s.prune.layers, depth, "student.prune.layers")
     if s.init == "from_config":
         return num_layers(student_config(teacher_config, s.config_overrides))
     config = load_pretrained(AutoConfig.from_pretrained, s.name_or_path, "student")

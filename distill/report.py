@@ -28,8 +28,11 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
         tmp[0].write_text(atomic.dumps(report), encoding="utf-8")
         tmp[1].write_text(markdown(report), encoding="utf-8")
         plot(report, tmp[2])
+        for t in tmp:
+            atomic.sync_file(t)
         for t, p in zip(tmp, paths, strict=True):
             os.replace(t, p)
+        atomic.sync_dir(out)
     return paths
 
 

@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
 from datasets import DatasetDict, concatenate_datasets
 
-from distill import atomic, checks, folder_lock, lora, run_folder, teacher_store
+from distill import atomic, checks, folder_lock, lora, pruning, run_folder, teacher_store
 from distill.artefacts import (
     RECORD,
     is_model_folder,
@@ -31,7 +31,7 @@ from distill.artefacts import (
     ship,
     write_record,
 )
-from distill.cards import how_made, hub_id, model_card
+from distill.cards import describe_built, how_made, hub_id, model_card
 from distill.config import RecipeConfig, TrainConfig, to_dict
 from distill.errors import DistillError
 from distill.evaluation import Entry, evaluate_models
@@ -109,9 +109,17 @@ def _run(accelerator: Accelerator, cfg: RecipeConfig, resume: bool, lock: Folder
 
     set_seed(cfg.train.seed)
     # The student is built from the fp32 teacher, before the teacher is cast to teacher.dtype.
+    built: dict[str, Any] = {}  # what student.init=prune or layers=auto measured and kept
     student, copied = build_student(
-        cfg.student, teacher, task.MODEL_CLASS, task.model_kwargs(plan.label_names)
+        cfg.student,
+        teacher,
+        task.MODEL_CLASS,
+        task.model_kwargs(plan.label_names),
+        calibration=lambda: _calibration(cfg, task, tokenized["train"], collate),
+        record=built,
     )
+    if built:
+        accelerator.print(f"student: {describe_built(built)}")
     set_labels(student, plan.label_names)
     checks.pad_in_config(student, plan.tokenizer)
     baseline_init = copy.deepcopy(student) if cfg.train.baseline else None
@@ -198,6 +206,7 @@ def _run(accelerator: Accelerator, cfg: RecipeConfig, resume: bool, lock: Folder
         "processes": accelerator.num_processes,
         "labels": plan.label_names,
         "student_layers_from_teacher": copied,
+        **({"student_init": built} if built else {}),
         "train_examples": len(train_split),
         "student_validation": result.metrics,
         "history": result.history,
@@ -232,7 +241,7 @@ def _run(accelerator: Accelerator, cfg: RecipeConfig, resume: bool, lock: Folder
             card = model_card(
                 report,
                 entry.name,
-                how_made=how_made(cfg, entry.role, copied, seen, accelerator.num_processes),
+                how_made=how_made(cfg, entry.role, copied, seen, accelerator.num_processes, built),
                 pipeline_tag=task.PIPELINE_TAG,
                 base_model=hub_id(cfg.teacher.name_or_path),
                 usage=task.usage_snippet(str(out / entry.name)),
@@ -244,6 +253,27 @@ def _run(accelerator: Accelerator, cfg: RecipeConfig, resume: bool, lock: Folder
     results["report"] = report
     accelerator.end_training()
     return results
+
+
+def _calibration(cfg: RecipeConfig, task: Any, train: Any, collate: Any) -> list[dict[str, torch.Tensor]]:
+    """The batches importance is measured on: training examples drawn with train.seed, as the
+    model takes them (plus the labels, which mark an encoder-decoder's target tokens)."""
+    p = cfg.student.prune
+
+    def inputs(batch: dict[str, Any]) -> dict[str, Any]:
+        labels = batch.get("labels")
+        return {
+            **task.model_inputs(batch),
+            **({"labels": labels} if isinstance(labels, torch.Tensor) else {}),
+        }
+
+    return pruning.calibration_batches(
+        train,
+        lambda rows: inputs(collate(rows)),
+        p.calibration_examples,
+        p.calibration_batch_size,
+        cfg.train.seed,
+    )
 
 
 def _claim(accelerator: Accelerator, lock: FolderLock, cfg: RecipeConfig, resume: bool) -> None:

@@ -48,6 +48,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         non_none = [a for a in args if a is not type(None)]
         if value is None:
             return None
+        if isinstance(value, str) and str in non_none[1:]:  # list[int] | str: a word such as auto
+            return value
         return _coerce(non_none[0], value, key)
     if tp is Any:
         return value

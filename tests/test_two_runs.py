@@ -78,16 +78,20 @@ def test_two_runs_into_one_folder_one_finishes_the_other_is_refused(tmp_path, da
         assert holder(out) is None  # nobody holds it once both have ended
 
 
-def test_a_killed_holder_leaves_no_lock_and_a_live_one_is_named(tmp_path):
-    out = tmp_path / "out"
+def hold(out: Path, tmp: Path) -> subprocess.Popen:
+    """A process that holds ``out``'s lock until it is killed."""
     code = (
         "import sys, time; from distill.folder_lock import FolderLock; "
         f"FolderLock({str(out)!r}).claim(); print('held', flush=True); time.sleep(600)"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], env=env(tmp_path), stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env(tmp), stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_killed_holder_leaves_no_lock_and_a_live_one_is_named(tmp_path):
+    out = tmp_path / "out"
+    proc = hold(out, tmp_path)
     held = holder(out)
     assert held is not None and held["pid"] == proc.pid
     with pytest.raises(DistillError, match=rf"is in use by another run \(pid {proc.pid} on "):
@@ -100,3 +104,31 @@ def test_a_killed_holder_leaves_no_lock_and_a_live_one_is_named(tmp_path):
     assert holder(out) is not None  # held by this process now
     lock.release()
     assert holder(out) is None
+
+
+def test_evaluate_into_a_folder_a_run_holds_is_refused(tmp_path, capsys):
+    """`distill evaluate --out` (or into the recipe's output folder) never writes a report into a
+    folder a live run is writing: refused in one line, exit 2, before anything is loaded."""
+    from distill.cli import main
+
+    teacher = save_tiny_bert(tmp_path / "teacher")
+    recipe = write_recipe(
+        tmp_path / "r.yaml", recipe_dict(teacher, tmp_path / "missing.csv", tmp_path / "run")
+    )
+    capsys.readouterr()
+    for out, extra in (
+        (tmp_path / "elsewhere", ["--out", str(tmp_path / "elsewhere")]),
+        (tmp_path / "run", []),
+    ):
+        proc = hold(out, tmp_path)
+        try:
+            code = main(["evaluate", str(recipe), "--student", str(teacher), *extra])
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and f"{out} is in use by another run (pid {proc.pid} on " in lines[0], err
+        assert lines[0].endswith("or write the report elsewhere with --out"), err
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # no report written
