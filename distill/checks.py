@@ -73,6 +73,18 @@ def mixed_precision(cfg: RecipeConfig) -> str:
     return precision
 
 
+def quantized_on_cpu(cfg: RecipeConfig) -> None:
+    """``eval.quantized`` rows are measured with CPU int8 kernels: refused where the report would
+    be measured on a GPU (the rows would not be comparable)."""
+    on_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    if cfg.eval.quantized and torch.cuda.is_available() and not on_cpu:
+        raise DistillError(
+            "eval.quantized: the int8 rows use CPU kernels, and this report would be measured on a GPU; "
+            "measure it on the CPU (`distill evaluate RECIPE eval.quantized=true` with "
+            "CUDA_VISIBLE_DEVICES=) or set eval.quantized=false"
+        )
+
+
 def launcher_settings(cfg: RecipeConfig) -> str | None:
     """What ``accelerate launch`` asks for besides the precision, where distill cannot silently
     follow it: returns the sharded training asked for (``FSDP``, ``DeepSpeed`` or None).

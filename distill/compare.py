@@ -37,6 +37,7 @@ def evaluate_saved(
     checked (a model folder, the teacher's tokenizer, the same labels) before anything is measured.
     """
     task = tasks.TASKS[cfg.task]
+    checks.quantized_on_cpu(cfg)
     run_dir = Path(cfg.output.dir)
     report_dir = Path(out) if out else run_dir
     # The report goes into a folder no live run is writing (checked now, and held while writing).

@@ -398,6 +398,7 @@ class EvalConfig:
     latency_examples: int = 64  # test examples timed per model, batch size and repeat
     latency_repeats: int = 5  # timed passes after one warm-up pass; the median is reported
     latency_threads: int = 0  # torch threads while timing (0: torch's default)
+    quantized: bool = False  # also the teacher and the students with int8 weights (dynamic int8 of every Linear, CPU): quality, size and speed beside the float rows
 
     def check(self, key: str) -> None:
         positive(f"{key}.batch_size", self.batch_size)

@@ -8,10 +8,13 @@ The result is the report dictionary written to ``report.json`` (schema in the RE
 
 from __future__ import annotations
 
+import copy
+import io
 import os
 import platform
 import statistics
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -40,6 +43,67 @@ class Entry:
     role: str  # teacher | student | baseline
     model: nn.Module
     source: str = ""  # folder or hub id it came from ("" if only in memory)
+    quantized: str = ""  # "int8": the model of ``source`` with int8 weights, made at load time
+    parameters: int | None = None  # of the float model, for a quantized one
+
+
+INT8 = "int8"
+INT8_METHOD = (
+    "torch.ao dynamic quantization: int8 weights (per tensor) of every linear layer, activations "
+    "quantized per batch; an output layer tied to the embeddings kept in float"
+)
+QUANTIZED_ROLES = ("teacher", "student")
+
+
+def quantized_int8(entry: Entry) -> Entry:
+    """``entry``'s model with int8 weights: every linear layer (GPT-2's ``Conv1D`` as the
+    ``nn.Linear`` it is) replaced by torch's dynamically quantized one (CPU kernels; what measured
+    fastest on CPUs here, torchao's int8 configurations included). An output layer tied to the
+    input embeddings stays as it is (an int8 copy would add to the size, not save). Not saved:
+    made from the loaded folder, as a user would at serving time."""
+    model = copy.deepcopy(entry.model).float().cpu().eval()
+    _conv1d_to_linear(model)
+    tied = None
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and embeddings is not None and head.weight is embeddings.weight:
+        tied = head
+    names = {
+        name: torch.ao.quantization.default_dynamic_qconfig
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and module is not tied
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's notices that this API moves to torchao
+        model = torch.ao.quantization.quantize_dynamic(model, names, dtype=torch.qint8)
+    return Entry(
+        f"{entry.name}-{INT8}",
+        entry.role,
+        model,
+        entry.source,
+        quantized=INT8,
+        parameters=count_parameters(entry.model),
+    )
+
+
+def _conv1d_to_linear(model: nn.Module) -> None:
+    """Replace transformers' ``Conv1D`` (a linear layer with its weight transposed) by ``nn.Linear``."""
+    from transformers.pytorch_utils import Conv1D
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Conv1D):
+            linear = nn.Linear(module.weight.shape[0], module.weight.shape[1])
+            with torch.no_grad():
+                linear.weight.copy_(module.weight.T)
+                linear.bias.copy_(module.bias)
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, linear)
+
+
+def serialized_mb(model: nn.Module) -> float:
+    """Megabytes of the model's state dict as ``torch.save`` writes it (packed int8 weights)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell() / 1e6
 
 
 def evaluate_models(
@@ -62,9 +126,14 @@ def evaluate_models(
     teacher = next((e for e in entries if e.role == "teacher"), None)
     if teacher is None:
         raise ValueError("the comparison needs a teacher")
+    if getattr(settings, "quantized", False):
+        entries = [*entries, *(quantized_int8(e) for e in entries if e.role in QUANTIZED_ROLES)]
     dl = accelerator.prepare(make_dataloader(dataset, settings.batch_size, collate, shuffle=False, seed=0))
     scores = {
-        e.name: evaluate(accelerator, e.model, dl, task, tokenizer=tokenizer, settings=settings)
+        # int8 rows compute in float32 between their int8 matrix products: no autocast
+        e.name: evaluate(
+            accelerator, e.model, dl, task, tokenizer=tokenizer, settings=settings, autocast=not e.quantized
+        )
         for e in entries
     }
     metric_names = list(scores[teacher.name])
@@ -74,13 +143,18 @@ def evaluate_models(
             "name": e.name,
             "role": e.role,
             "source": e.source,
-            "parameters": count_parameters(e.model),
-            "dtype": weights_dtype(e.model),  # of the weights as loaded
-            "precision": runs_in(e.model, accelerator.mixed_precision),  # what the figures were measured in
+            "parameters": e.parameters or count_parameters(e.model),
+            "dtype": "int8" if e.quantized else weights_dtype(e.model),  # of the weights as loaded
+            # what the figures were measured in
+            "precision": "int8 weights, float32 activations"
+            if e.quantized
+            else runs_in(e.model, accelerator.mixed_precision),
             "size_mb": None,
             "metrics": scores[e.name],
             "retained": {m: _ratio(scores[e.name][m], scores[teacher.name][m]) for m in metric_names},
         }
+        if e.quantized:
+            row["quantized"] = {"weights": e.quantized, "method": INT8_METHOD, "saved": False}
         models.append(row)
 
     report: dict[str, Any] = {
@@ -105,7 +179,7 @@ def evaluate_models(
     }
     if accelerator.is_main_process:
         for row, e in zip(models, entries, strict=True):
-            row["size_mb"] = size_on_disk_mb(e.model, e.source)
+            row["size_mb"] = serialized_mb(e.model) if e.quantized else size_on_disk_mb(e.model, e.source)
         if settings.latency:
             report["latency_settings"] = _measure_speed(
                 task, entries, models, teacher.name, dataset, collate, settings, accelerator
@@ -145,6 +219,7 @@ def _measure_speed(
                 device=accelerator.device,
                 run=run,
                 context=accelerator.autocast,  # timed in the precision the metrics were measured in
+                plain={e.name for e in entries if e.quantized},
             )
             key = f"batch_{bs}"
             teacher_ms = timed[teacher]["ms_per_example"]
@@ -187,7 +262,7 @@ def groups(models: list[dict[str, Any]], metric_names: list[str]) -> list[dict[s
     """Mean and spread of each role with several models (e.g. one student per seed)."""
     out = []
     for role in ROLES:
-        rows = [r for r in models if r["role"] == role]
+        rows = [r for r in models if r["role"] == role and not r.get("quantized")]
         if len(rows) < 2:
             continue
         values = {m: [r["metrics"][m] for r in rows] for m in metric_names}

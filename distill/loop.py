@@ -56,8 +56,10 @@ def evaluate(
     *,
     tokenizer: Any = None,
     settings: Any = None,
+    autocast: bool = True,
 ) -> dict[str, float]:
-    """Task metrics of ``model`` over a prepared dataloader, gathered from every process.
+    """Task metrics of ``model`` over a prepared dataloader, gathered from every process, under the
+    run's autocast (``autocast=False``: as the model computes, for int8 models).
 
     ``task.eval_step`` gives predictions and references per batch (class ids, token ids padded
     with -100, or reference texts); sequences are padded to one length across processes before
@@ -69,7 +71,7 @@ def evaluate(
     predictions: list = []
     references: list = []
     for batch in dataloader:
-        with torch.no_grad(), accelerator.autocast():
+        with torch.no_grad(), accelerator.autocast() if autocast else contextlib.nullcontext():
             preds, refs = task.eval_step(model, batch, settings)
         if preds.ndim > 1:
             preds = accelerator.pad_across_processes(preds, dim=1, pad_index=-100)

@@ -65,6 +65,7 @@ def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
     and a trial student on the longest inputs the recipe allows. Writes nothing."""
     cfg = checks.with_precision(cfg)
     checks.launcher_settings(cfg)
+    checks.quantized_on_cpu(cfg)
     task = tasks.TASKS[cfg.task]
     processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
     checks.output_dir(cfg.output.dir)

@@ -23,6 +23,7 @@ def measure_latency(
     device: torch.device | str = "cpu",
     run: Callable[[nn.Module, dict[str, torch.Tensor]], Any] | None = None,
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    plain: set[str] = frozenset(),
 ) -> dict[str, dict[str, float]]:
     """Milliseconds per example for each model, the median over ``repeats`` passes over ``examples``,
     with the fastest and slowest pass and their spread.
@@ -31,7 +32,8 @@ def measure_latency(
     per model comes first, and the models take turns within each repeat so that a slow moment of
     the machine falls on all of them alike. ``threads`` > 0 fixes torch's intra-op threads.
     ``run(model, batch)`` is what is timed (default: a forward pass; generation for seq2seq), inside
-    ``context()`` (the run's autocast: models are timed in the precision they are evaluated in).
+    ``context()`` (the run's autocast: models are timed in the precision they are evaluated in),
+    except the models named in ``plain`` (int8 ones, which compute as they are).
     """
     run = run or (lambda model, batch: model(**batch))
     batches = [
@@ -47,13 +49,15 @@ def measure_latency(
         torch.set_num_threads(threads)
     timings: dict[str, list[float]] = {name: [] for name in models}
     try:
-        with torch.inference_mode(), context():
-            for model in models.values():
+        with torch.inference_mode():
+            for name, model in models.items():
                 model.eval()
-                _timed(run, model, batches, device)
+                with contextlib.nullcontext() if name in plain else context():
+                    _timed(run, model, batches, device)
             for _ in range(repeats):
                 for name, model in models.items():
-                    timings[name].append(_timed(run, model, batches, device))
+                    with contextlib.nullcontext() if name in plain else context():
+                        timings[name].append(_timed(run, model, batches, device))
     finally:
         torch.set_num_threads(previous_threads)
     n = len(examples)

@@ -380,3 +380,28 @@ def test_killed_while_measuring_importance_resumes_to_the_same_students(tmp_path
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert not same_as_reference(out, reference)
+
+
+def test_validate_refuses_an_impossible_prune_in_one_line(tmp_path, teacher_dir, data_csv, capsys):
+    from conftest import recipe_dict, write_recipe
+
+    from distill.cli import main
+
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(teacher_dir, data_csv, out))
+    capsys.readouterr()
+    for override, message in (
+        (
+            "student.prune.heads=0.5",
+            "student.prune.heads: a bert model's head size is tied to its hidden size",
+        ),
+        ("student.prune.layers=9", "student.prune.layers: 9 is more than the teacher's 4"),
+        (
+            "student.prune.intermediate=2.5",
+            "student.prune.intermediate: a fraction in (0, 1] or a whole count",
+        ),
+    ):
+        assert main(["validate", str(recipe), "student.init=prune", override]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not out.exists()  # validate writes nothing
