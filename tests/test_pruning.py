@@ -405,3 +405,44 @@ def test_validate_refuses_an_impossible_prune_in_one_line(tmp_path, teacher_dir,
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not out.exists()  # validate writes nothing
+
+
+def test_pruned_in_bf16_under_accelerate_launch_as_in_one_process(tmp_path, data_csv):
+    """Two processes under `accelerate launch --mixed_precision bf16` measure the same importance
+    and build the same pruned student as one process does; the run trains and reports in bf16."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import read_report, recipe_dict, save_tiny_bert, write_recipe
+    from test_faults import env
+
+    raw = recipe_dict(
+        save_tiny_bert(tmp_path / "teacher"),
+        data_csv,
+        tmp_path / "unused",
+        student={"init": "prune", "prune": {"intermediate": 0.5, "calibration_examples": 24}},
+        train={"steps": 2},
+        eval={"latency": False},
+    )
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = [sys.executable, "-m", "distill.cli", "run", str(recipe), f"output.dir={one}"]
+    launched = [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
+        *("--mixed_precision", "bf16", "-m", "distill.cli", "run", str(recipe), f"output.dir={two}"),
+        "train.batch_size=8",
+    ]
+    for cmd, extra in ((single, {"ACCELERATE_MIXED_PRECISION": "bf16"}), (launched, {})):
+        done = subprocess.run(
+            cmd, env={**env(tmp_path), **extra}, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    a, b = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert (a["processes"], b["processes"]) == (1, 2)
+    assert a["student_init"] == b["student_init"] and b["student_init"]["pruned"]["intermediate"] == {
+        "layers": 32
+    }
+    report = read_report(two)
+    assert report["mixed_precision"] == "bf16"
+    assert report["by_name"]["student"]["precision"] == "bf16 autocast"
