@@ -129,24 +129,19 @@ def attention_parts(layer: nn.Module) -> dict[str, str] | None:
     return found if len(found) == 4 else None
 
 
-def _stacks(model: nn.Module, find_layer_list: Callable, depths: Callable) -> list[Stack]:
+def stacks_of(model: nn.Module) -> list[Stack]:
+    """The model's stacks of blocks: one, or an encoder-decoder's encoder and decoder."""
+    from distill.modeling import _find_stack, encoder_decoder_depths, find_layer_list, num_layers
+
     config = model.config
     if getattr(config, "is_encoder_decoder", False):
-        from distill.modeling import _find_stack, encoder_decoder_depths
-
         n_enc, n_dec = encoder_decoder_depths(config)
         return [
             Stack(_find_stack(model, "encoder", n_enc), n_enc, "encoder"),
             Stack(_find_stack(model, "decoder", n_dec), n_dec, "decoder"),
         ]
-    n = depths(config)
+    n = num_layers(config)
     return [Stack(find_layer_list(model, n), n)]
-
-
-def stacks_of(model: nn.Module) -> list[Stack]:
-    from distill.modeling import find_layer_list, num_layers
-
-    return _stacks(model, find_layer_list, num_layers)
 
 
 def depth_stack(stacks: list[Stack]) -> Stack:
@@ -245,7 +240,7 @@ def measure(
         head_scores[stack.prefix] = [None] * stack.depth
         counts[stack.prefix] = [0.0] * stack.depth
         for index, block in enumerate(blocks):
-            if stack is deep:
+            if stack is deep and method == "block_influence":  # skip_kl needs its own passes
 
                 def pre(module, args, kwargs, index=index):
                     state[("in", index)] = _hidden_in(args, kwargs)
@@ -288,7 +283,7 @@ def measure(
 
                     handles.append(out_proj.register_forward_pre_hook(attn_in))
     try:
-        for batch in batches:
+        for batch in batches if handles else ():
             state["batch"] = batch
             teacher(**{k: v.to(device) for k, v in batch.items()})
     finally:
