@@ -26,8 +26,12 @@ def describe_built(built: dict[str, Any]) -> str:
         for side, width in (pruned.get("intermediate") or {}).items():
             where = "" if side == "layers" else f" ({side})"
             parts.append(f"MLP width {width}{where}")
+        if "hidden" in pruned:
+            parts.append(f"hidden size {pruned['hidden']}")
         if "heads" in pruned:
-            parts.append(f"{pruned['heads']} attention heads in {pruned['key_value_heads']} key/value groups")
+            groups = pruned["key_value_heads"]
+            in_groups = "" if groups == pruned["heads"] else f" in {groups} key/value groups"
+            parts.append(f"{pruned['heads']} attention heads{in_groups}")
     if importance:
         scores = next(iter(importance["layer_scores"].values()))
         parts.append(

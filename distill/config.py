@@ -138,12 +138,13 @@ class PruneConfig:
     layers: float = 0.5  # blocks kept (an encoder-decoder's decoder blocks; its encoder is kept whole)
     intermediate: float = 1.0  # MLP width kept in every block (neurons ranked by mean |activation|)
     heads: float = 1.0  # attention heads kept (key/value groups under grouped-query attention); families with an explicit head_dim only
+    hidden: float = 1.0  # hidden (embedding) channels kept, ranked by their magnitude at the norms; where heads follow the hidden size (BERT and its kin) whole heads go with them; not for encoder-decoders or fused attention (GPT-2)
     depth_importance: str = "skip_kl"  # skip_kl (KL to the teacher when the block is skipped) | block_influence (1 - cos(in, out))
     calibration_examples: int = 256  # training examples the importance is measured on
     calibration_batch_size: int = 16  # calibration examples per forward pass
 
     def check(self, key: str) -> None:
-        for name in ("layers", "intermediate", "heads"):
+        for name in ("layers", "intermediate", "heads", "hidden"):
             value = getattr(self, name)
             if value <= 0 or (value > 1 and not float(value).is_integer()):
                 raise DistillError(f"{key}.{name}: a fraction in (0, 1] or a whole count, got {value:g}")

@@ -204,11 +204,16 @@ def build_student(
     """
     from distill import pruning
 
-    def importance(width: bool, heads: bool) -> pruning.Importance | None:
+    def importance(width: bool, heads: bool, channels: bool = False) -> pruning.Importance | None:
         if calibration is None:
             return None
         return pruning.measure(
-            teacher, calibration(), method=spec.prune.depth_importance, width=width, heads=heads
+            teacher,
+            calibration(),
+            method=spec.prune.depth_importance,
+            width=width,
+            heads=heads,
+            channels=channels,
         )
 
     def ranked(n_keep: int) -> list[int]:
@@ -241,7 +246,7 @@ def build_student(
     if spec.init == "prune":
         p = spec.prune
         pruning.check_prunable(teacher, p)
-        scores = importance(p.intermediate != 1, p.heads != 1)
+        scores = importance(p.intermediate != 1, p.heads != 1 or p.hidden != 1, p.hidden != 1)
         student, kept = pruning.prune(teacher, p, scores)
         if record is not None:
             record["pruned"] = kept

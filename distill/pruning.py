@@ -40,9 +40,19 @@ FFN_FIELDS = {
     "encoder": ("encoder_ffn_dim", "d_ff", "intermediate_size", "ffn_dim"),
     "decoder": ("decoder_ffn_dim", "d_ff", "intermediate_size", "ffn_dim"),
 }
-# Attention whose head count can change on its own: an explicit head size in the config and one
-# projection per role (Llama, Mistral, Qwen2/3, Gemma and the like).
-HEAD_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# The attention projections of a block, by role: the names Llama / Mistral / Qwen / BART (q_proj ...
+# o_proj, out_proj), BERT and its kin (self.query ... output.dense), DistilBERT (q_lin ... out_lin)
+# and T5 (q, k, v, o) give them.
+ROLE_NAMES = {
+    "q_proj": ("q_proj", "query", "q_lin", "q"),
+    "k_proj": ("k_proj", "key", "k_lin", "k"),
+    "v_proj": ("v_proj", "value", "v_lin", "v"),
+    "o_proj": ("o_proj", "out_proj", "out_lin", "o"),
+}
+# Attention over another sequence (BERT's crossattention, BART's encoder_attn, T5's EncDecAttention).
+_CROSS = re.compile(r"cross|encoder_attn|encdec", re.IGNORECASE)
+# Config fields that give the hidden (embedding) width.
+HIDDEN_FIELDS = ("hidden_size", "dim", "d_model", "n_embd")
 
 
 @dataclasses.dataclass
@@ -63,6 +73,7 @@ class Importance:
     neurons: dict[str, list[torch.Tensor]]
     heads: dict[str, list[torch.Tensor]]
     examples: int
+    hidden: torch.Tensor | None = None  # per hidden channel: mean |output| of the norms, summed
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -120,12 +131,16 @@ _ATTENTION = re.compile(r"att", re.IGNORECASE)
 
 
 def attention_parts(layer: nn.Module) -> dict[str, str] | None:
-    """Module names of the q/k/v/o projections of a block with separate projections, else None."""
+    """Module names of the q/k/v/o projections (roles ``q_proj`` ... ``o_proj``) of a block's
+    self-attention, when it has one linear layer per role; else None (GPT-2's fused c_attn)."""
     found: dict[str, str] = {}
     for name, module in layer.named_modules():
+        if not isinstance(module, nn.Linear) or _CROSS.search(name):
+            continue
         leaf = name.rsplit(".", 1)[-1]
-        if leaf in HEAD_PROJECTIONS and isinstance(module, nn.Linear) and "cross" not in name:
-            found.setdefault(leaf, name)
+        for role, leaves in ROLE_NAMES.items():
+            if leaf in leaves or (role == "o_proj" and name.endswith("attention.output.dense")):
+                found.setdefault(role, name)
     return found if len(found) == 4 else None
 
 
@@ -211,6 +226,7 @@ def measure(
     method: str,
     width: bool,
     heads: bool,
+    channels: bool = False,
 ) -> Importance:
     """Every score the pruning needs, in one pass over the calibration batches (plus one pass per
     block for ``skip_kl``). Deterministic: the teacher is in eval mode, the batches are fixed."""
@@ -233,6 +249,22 @@ def measure(
     counts: dict[str, list[float]] = {}
     handles = []
     state: dict[str, Any] = {}
+    channel_score = torch.zeros(hidden, dtype=torch.float64)
+    if channels:  # Minitron: a channel's importance is its magnitude at the outputs of the norms
+        for module in teacher.modules():
+            if _is_norm(module, hidden):
+
+                def norm_out(module, args, output):
+                    y = _first(output)
+                    if y.dim() == 3:
+                        mask = _token_mask(state["batch"], y, state["side"](module)).to(y.device)
+                        y = y[mask]
+                    y = y.reshape(-1, y.shape[-1]).float().abs()
+                    channel_score.add_((y.sum(0) / max(len(y), 1)).double().cpu())
+
+                handles.append(module.register_forward_hook(norm_out))
+        sides = {id(m): st.side for st in stacks for m in teacher.get_submodule(st.prefix).modules()}
+        state["side"] = lambda module: sides.get(id(module), "")
 
     for stack in stacks:
         blocks = teacher.get_submodule(stack.prefix)
@@ -300,7 +332,9 @@ def measure(
             None if s is None else s / max(counts[prefix][i], 1.0) for i, s in enumerate(per_layer)
         ]
     teacher.train(was_training)
-    return Importance(method, {deep.prefix: scores}, neurons, head_scores, n_examples)
+    return Importance(
+        method, {deep.prefix: scores}, neurons, head_scores, n_examples, channel_score if channels else None
+    )
 
 
 def _skip_kl(teacher: nn.Module, deep: Stack, batches: list[dict], device: Any) -> list[float]:
@@ -370,23 +404,170 @@ def check_prunable(teacher: nn.Module, spec: Any, key: str = "student.prune") ->
                 )
             size_from(spec.intermediate, parts[0], f"{key}.intermediate")
             _ffn_field(config, stack.side, parts[0], key)
+    free = None
     if spec.heads != 1:
-        block = teacher.get_submodule(deep.prefix)[0]
-        if attention_parts(block) is None or not _takes_head_dim(config):
+        if getattr(config, "is_encoder_decoder", False):
             raise DistillError(
-                f"{key}.heads: a {config.model_type} model's head size is tied to its hidden size (or its "
-                "attention has fused projections), so heads cannot be pruned alone; keep it at 1.0"
+                f"{key}.heads: the heads of an encoder-decoder ({type(teacher).__name__}) are not pruned "
+                "(its encoder, decoder and cross-attention share one head count); keep it at 1.0"
             )
-        groups = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        size_from(spec.heads, groups, f"{key}.heads (key/value groups)")
+        block = teacher.get_submodule(deep.prefix)[0]
+        free = attention_parts(block) is not None and _head_size_free(teacher)
+        if not free:
+            follow = (
+                f"prune {key}.hidden, which takes whole heads with it, or keep"
+                if _hidden_prunable(teacher)
+                else "keep"
+            )
+            raise DistillError(
+                f"{key}.heads: a {config.model_type} model's head size is not its own setting (it follows the "
+                f"hidden size, or the attention is fused or shares one position bias), so heads cannot go "
+                f"alone; {follow} it at 1.0"
+            )
+        size_from(spec.heads, _groups(config), f"{key}.heads (key/value groups)")
+    if spec.hidden != 1:
+        residual_dims(teacher, key)
+        _hidden_field(config, key)
+        free = _head_size_free(teacher) if free is None else free
+        _hidden_target(spec.hidden, config, free, key)
 
 
-def _takes_head_dim(config: Any) -> bool:
-    """Whether the config keeps an explicit head size through a save and a load (Llama's field,
-    or an attribute Qwen2's attention reads), so that heads can change while the hidden size stays."""
-    trial = copy.deepcopy(config)
-    trial.head_dim = _head_dim(config) * 2
-    return getattr(type(config).from_dict(trial.to_dict()), "head_dim", None) == trial.head_dim
+def _groups(config: Any) -> int:
+    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+
+
+def _head_size_free(teacher: nn.Module) -> bool:
+    """Whether the family's attention takes its head size from ``config.head_dim`` (Llama, Qwen2,
+    Mistral, ...), so that heads and the hidden size can change apart: a model of the class built
+    on the meta device (no memory, no weights) with ``head_dim`` doubled has query projections
+    twice as wide. BERT's, BART's and T5's do not."""
+    config = copy.deepcopy(teacher.config)
+    head_dim = _head_dim(config)
+    config.head_dim = head_dim * 2
+    with torch.device("meta"):
+        trial = type(teacher)(config)
+    block = trial.get_submodule(depth_stack(stacks_of(trial)).prefix)[0]
+    parts = attention_parts(block)
+    if parts is None:
+        return False
+    q = block.get_submodule(parts["q_proj"])
+    return q.out_features == config.num_attention_heads * head_dim * 2
+
+
+def _hidden_prunable(teacher: nn.Module) -> bool:
+    try:
+        residual_dims(teacher, "")
+    except DistillError:
+        return False
+    return True
+
+
+def _hidden_target(target: float, config: Any, free: bool, key: str) -> tuple[int, int | None]:
+    """(hidden width kept, key/value groups kept or None). Where the head size follows the hidden
+    size (BERT and its kin), whole heads go with the channels: the width is a whole number of
+    (groups of) heads."""
+    hidden = hidden_of(config)
+    if free:
+        return size_from(target, hidden, f"{key}.hidden"), None
+    groups = _groups(config)
+    unit = hidden // groups  # channels per key/value group
+    if target > 1 and float(target).is_integer() and target % unit:
+        raise DistillError(
+            f"{key}.hidden: a {config.model_type} model's heads follow its hidden size, so the width "
+            f"must be a multiple of {unit} (its head size x query heads per key/value group), got {int(target)}"
+        )
+    n_groups = size_from(target if target <= 1 else target / unit, groups, f"{key}.hidden (in heads)")
+    return n_groups * unit, n_groups
+
+
+def _is_norm(module: nn.Module, hidden: int) -> bool:
+    """A LayerNorm / RMSNorm over the hidden channels (any family's class)."""
+    params = list(module.parameters(recurse=False))
+    return (
+        "norm" in type(module).__name__.lower()
+        and bool(params)
+        and all(p.dim() == 1 and p.shape[0] == hidden for p in params)
+    )
+
+
+def _hidden_field(config: Any, key: str) -> str:
+    fields = config.to_dict()
+    for name in HIDDEN_FIELDS:
+        if fields.get(name) == hidden_of(config):
+            return name
+    raise DistillError(
+        f"{key}.hidden: cannot tell which field of the {config.model_type} config holds the hidden size"
+    )
+
+
+def residual_dims(model: nn.Module, key: str) -> dict[str, list[int]]:
+    """Parameter name -> its dims that index the hidden channels (the residual stream): the
+    embeddings' width, every norm, the input of every linear layer that reads the stream and the
+    output of every one that writes it, the heads included. The attention's head space (the
+    outputs of q/k/v, the input of o) is not the stream even where it is as wide. Refuses, in one
+    line, a family where some hidden-sized dim cannot be told apart."""
+    config = model.config
+    name = type(model).__name__
+    if getattr(config, "is_encoder_decoder", False):
+        raise DistillError(
+            f"{key}.hidden: pruning the hidden size of an encoder-decoder ({name}) is not supported "
+            "(its encoder, decoder and cross-attention share it); prune layers and intermediate instead"
+        )
+    hidden = hidden_of(config)
+    head_space: dict[str, str] = {}  # module -> the side of it that is head space
+    stack = depth_stack(stacks_of(model))
+    for i, block in enumerate(model.get_submodule(stack.prefix)):
+        parts = attention_parts(block)
+        if parts is None:
+            raise DistillError(
+                f"{key}.hidden: a {name} block has no separate q/k/v/o projections (fused attention), "
+                "so its hidden size cannot be pruned; keep it at 1.0"
+            )
+        for role in ("q_proj", "k_proj", "v_proj"):
+            head_space[f"{stack.prefix}.{i}.{parts[role]}"] = "out"
+        head_space[f"{stack.prefix}.{i}.{parts['o_proj']}"] = "in"
+    dims: dict[str, list[int]] = {}
+    covered: dict[str, set[int]] = {}  # head-space dims, told apart but not the stream
+    for module_name, module in model.named_modules():
+        own = f"{module_name}." if module_name else ""
+        if isinstance(module, nn.Embedding):
+            if module.embedding_dim == hidden:
+                dims[f"{own}weight"] = [1]
+        elif (shape := linear_dims(module)) is not None:
+            conv = isinstance(module, Conv1D)
+            in_dim, out_dim = (0, 1) if conv else (1, 0)
+            space = head_space.get(module_name)
+            weight = dims.setdefault(f"{own}weight", [])
+            if shape[0] == hidden:
+                (
+                    covered.setdefault(f"{own}weight", set()).add(in_dim)
+                    if space == "in"
+                    else weight.append(in_dim)
+                )
+            if shape[1] == hidden:
+                if space == "out":
+                    covered.setdefault(f"{own}weight", set()).add(out_dim)
+                    covered.setdefault(f"{own}bias", set()).add(0)
+                else:
+                    weight.append(out_dim)
+                    if getattr(module, "bias", None) is not None:
+                        dims[f"{own}bias"] = [0]
+        elif _is_norm(module, hidden):
+            for param_name, _ in module.named_parameters(recurse=False):
+                dims[f"{own}{param_name}"] = [0]
+    dims = {k: v for k, v in dims.items() if v}
+    for param_name, param in model.named_parameters(remove_duplicate=False):
+        for d, size in enumerate(param.shape):
+            if (
+                size == hidden
+                and d not in dims.get(param_name, [])
+                and d not in covered.get(param_name, set())
+            ):
+                raise DistillError(
+                    f"{key}.hidden: cannot tell whether dim {d} of {param_name} in a {name} is the hidden "
+                    "channels, so its hidden size cannot be pruned; keep it at 1.0"
+                )
+    return dims
 
 
 def _ffn_field(config: Any, side: str, width: int, key: str) -> str:
@@ -447,13 +628,26 @@ def prune(teacher: nn.Module, spec: Any, importance: Importance | None) -> tuple
                     cut_linear(f"{stack.prefix}.{i}.{name}", block.get_submodule(name), "out", index)
                 cut_linear(f"{stack.prefix}.{i}.{downs[0]}", block.get_submodule(downs[0]), "in", index)
             kept["intermediate"][stack.side or "layers"] = n
-    if spec.heads != 1:
-        head_dim = _head_dim(config)
+    head_dim = _head_dim(config)
+    groups = _groups(config) if hasattr(config, "num_attention_heads") else 0
+    n_groups = size_from(spec.heads, groups, "student.prune.heads") if spec.heads != 1 else None
+    if spec.hidden != 1:
+        free = _head_size_free(teacher)
+        n_hidden, tied_groups = _hidden_target(spec.hidden, config, free, "student.prune")
+        n_groups = tied_groups or n_groups
+        if free:
+            config.head_dim = head_dim  # the head size stays as the hidden size changes
+        index = _top(importance.hidden if importance else None, hidden, n_hidden)
+        for name, ds in residual_dims(teacher, "student.prune").items():
+            for d in ds:
+                cut(name, d, index)
+        setattr(config, _hidden_field(config, "student.prune"), n_hidden)
+        kept["hidden"] = n_hidden
+    if n_groups is not None:
         heads = config.num_attention_heads
-        groups = getattr(config, "num_key_value_heads", None) or heads
         per_group = heads // groups
-        n_groups = size_from(spec.heads, groups, "student.prune.heads")
-        config.head_dim = head_dim
+        if spec.heads != 1:
+            config.head_dim = head_dim
         config.num_attention_heads = n_groups * per_group
         if getattr(config, "num_key_value_heads", None):
             config.num_key_value_heads = n_groups

@@ -131,7 +131,7 @@ def build(teacher, student_spec, calib):
 def test_a_prune_that_keeps_everything_is_the_teacher(name):
     teacher = family(name).eval()
     calib = batches(teacher)
-    full = {"layers": 1.0, "intermediate": 1.0, "heads": 1.0}
+    full = {"layers": 1.0, "intermediate": 1.0, "heads": 1.0, "hidden": 1.0}
     student, kept, record = build(teacher, spec(**full), calib)
     assert kept == list(range(pruning.depth_stack(pruning.stacks_of(teacher)).depth))
     for b in calib:
@@ -202,6 +202,73 @@ def test_units_of_zero_importance_go_without_changing_the_outputs(name):
         torch.testing.assert_close(outputs(student, b), outputs(teacher, b), rtol=0, atol=1e-5)
 
 
+HIDDEN = ["bert", "llama", "qwen2", "llama-classifier"]
+
+
+@pytest.mark.parametrize("name", HIDDEN)
+def test_hidden_channels_of_zero_importance_are_the_ones_pruned(name, tmp_path):
+    """Residual channels that every norm zeroes (zero in the embeddings and the output biases,
+    zero gain and bias at every norm) score 0 and are the ones that go: the student's weights are the
+    teacher's on the live channels. Where heads follow the hidden size (BERT) whole heads go
+    with them; elsewhere the head size stays. The smaller config reloads with transformers."""
+    teacher = family(name).eval()
+    hidden = pruning.hidden_of(teacher.config)
+    dead = torch.arange(1, hidden, 2)  # every other channel
+    live = torch.arange(0, hidden, 2)
+    dims = pruning.residual_dims(teacher, "student.prune")
+    with torch.no_grad():
+        for param_name, param in teacher.named_parameters():
+            module = teacher.get_submodule(param_name.rsplit(".", 1)[0])
+            if isinstance(module, torch.nn.Embedding) or pruning._is_norm(module, hidden):
+                param.index_fill_(dims[param_name][0], dead, 0.0)
+            elif param_name.endswith("bias") and param_name in dims:
+                param.index_fill_(0, dead, 0.0)  # a block's output bias writes no dead channel
+    calib = batches(teacher)
+    scores = pruning.measure(teacher, calib, method="skip_kl", width=False, heads=True, channels=True).hidden
+    assert torch.all(scores[dead] == 0) and torch.all(scores[live] > 0)
+
+    student, _, record = build(teacher, spec(layers=1.0, hidden=0.5), calib)
+    assert record["pruned"]["hidden"] == hidden // 2 == pruning.hidden_of(student.config)
+    teacher_state, student_state = teacher.state_dict(), student.state_dict()
+    embeddings = [
+        k for k in student_state if "embed" in k and k.endswith("weight") and student_state[k].dim() == 2
+    ]
+    assert embeddings
+    for key in embeddings:
+        assert torch.equal(student_state[key], teacher_state[key][:, live])
+    if name == "bert":  # head size 16 stays; one of the two heads goes with half the channels
+        assert student.config.num_attention_heads == 1
+        assert record["pruned"]["heads"] == 1
+    else:
+        assert student.config.head_dim == pruning._head_dim(teacher.config)
+        assert student.config.num_attention_heads == teacher.config.num_attention_heads
+    student.save_pretrained(tmp_path)
+    reloaded = type(teacher).from_pretrained(tmp_path).eval()
+    for b in calib:
+        assert torch.equal(outputs(reloaded, b), outputs(student, b))
+
+
+def test_hidden_heads_and_width_together_make_a_model_a_quarter_the_size():
+    teacher = family("llama").eval()
+    student, kept, record = build(
+        teacher, spec(layers=0.5, intermediate=0.5, heads=0.5, hidden=0.5), batches(teacher)
+    )
+    config = student.config
+    assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (16, 24, 2)
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (2, 1, 8)
+    assert record["pruned"] == {
+        "layers": kept,
+        "intermediate": {"layers": 24},
+        "hidden": 16,
+        "heads": 2,
+        "key_value_heads": 1,
+    }
+    # everything but the embeddings shrinks 8x (half the depth, half each width), the embeddings 2x
+    t_params = sum(p.numel() for p in teacher.parameters())
+    s_params = sum(p.numel() for p in student.parameters())
+    assert s_params < t_params / 3
+
+
 @pytest.mark.parametrize("method", pruning.DEPTH_METHODS)
 def test_the_ranking_is_deterministic_and_finds_a_block_that_does_nothing(method):
     """A block whose output is its input (its residual branches zeroed) has block influence 0 and
@@ -236,7 +303,26 @@ def test_the_ranking_is_deterministic_and_finds_a_block_that_does_nothing(method
     [
         ("bert", {"layers": 6}, r"student.prune.layers: 6 is more than the teacher's 4"),
         ("bert", {"intermediate": 100}, r"student.prune.intermediate: 100 is more than the teacher's 64"),
-        ("bert", {"heads": 0.5}, r"student.prune.heads: a bert model's head size is tied to its hidden size"),
+        (
+            "bert",
+            {"heads": 0.5},
+            r"student.prune.heads: .* heads cannot go alone; prune student.prune.hidden",
+        ),
+        (
+            "t5",
+            {"heads": 0.5},
+            r"student.prune.heads: the heads of an encoder-decoder \(T5ForConditionalGeneration\) are not",
+        ),
+        ("bert", {"hidden": 24}, r"student.prune.hidden: .* must be a multiple of 16 .*, got 24"),
+        ("bert", {"hidden": 48}, r"student.prune.hidden \(in heads\): 3 is more than the teacher's 2"),
+        ("llama", {"hidden": 33}, r"student.prune.hidden: 33 is more than the teacher's 32"),
+        ("gpt2", {"hidden": 0.5}, r"student.prune.hidden: a GPT2LMHeadModel block has no separate q/k/v/o"),
+        ("marian", {"hidden": 0.5}, r"student.prune.hidden: pruning the hidden size of an encoder-decoder"),
+        (
+            "gpt2",
+            {"heads": 0.5},
+            r"student.prune.heads: a gpt2 model's head size is not its own setting.*; keep",
+        ),
         ("gpt2", {"heads": 1}, None),
         ("llama", {"heads": 3}, r"student.prune.heads \(key/value groups\): 3 is more than the teacher's 2"),
         ("t5", {"layers": 5}, r"student.prune.layers: 5 is more than the teacher's 4"),
@@ -298,6 +384,8 @@ def test_a_pruned_student_trains_ships_and_reproduces_the_report(task, tmp_path,
     else:
         teacher = request.getfixturevalue("marian_dir")
         raw = translation_recipe(teacher, request.getfixturevalue("pairs_csv"), out)
+    if task != "translation":  # an encoder-decoder's hidden size stays (refused)
+        prune["hidden"] = 0.5
     raw["student"] = {"init": "prune", "prune": prune}
     raw.setdefault("train", {}).update(steps=3, baseline=True)
     raw.setdefault("eval", {}).update(latency=False)
@@ -318,6 +406,7 @@ def test_a_pruned_student_trains_ships_and_reproduces_the_report(task, tmp_path,
         depth = teacher_config.num_hidden_layers
         assert student_config.num_hidden_layers == depth // 2
         assert student_config.intermediate_size == teacher_config.intermediate_size // 2
+        assert student_config.hidden_size == teacher_config.hidden_size // 2 == built["pruned"]["hidden"]
     assert built["pruned"]["layers"] == results["student_layers_from_teacher"]
     assert len(built["importance"]["layer_scores"]) == 1
     assert len(next(iter(built["importance"]["layer_scores"].values()))) == depth
@@ -393,7 +482,7 @@ def test_validate_refuses_an_impossible_prune_in_one_line(tmp_path, teacher_dir,
     for override, message in (
         (
             "student.prune.heads=0.5",
-            "student.prune.heads: a bert model's head size is tied to its hidden size",
+            "student.prune.heads: a bert model's head size is not its own setting",
         ),
         ("student.prune.layers=9", "student.prune.layers: 9 is more than the teacher's 4"),
         (
