@@ -11,9 +11,15 @@ from distill.report import _main_mode, notes, table
 
 def hub_id(name_or_path: str) -> str | None:
     """The teacher's hub id for a model card's ``base_model`` (None for local or packaged folders)."""
-    if not name_or_path or name_or_path.startswith("pkg:") or Path(name_or_path).exists():
+    if not name_or_path or name_or_path.startswith(("pkg:", "memory:")) or Path(name_or_path).exists():
         return None
     return name_or_path
+
+
+def _named(name_or_path: str) -> str:
+    if name_or_path.startswith("memory:"):
+        return f"a model passed from Python (`{name_or_path}`)"
+    return f"`{name_or_path}`"
 
 
 def describe_built(built: dict[str, Any]) -> str:
@@ -54,7 +60,7 @@ def how_made(
     if t.architecture:
         teacher = f"trained here from scratch ({t.architecture.get('model_type')}, {t.train.steps} steps)"
     else:
-        teacher = f"`{t.name_or_path}`" + (
+        teacher = _named(t.name_or_path) + (
             f", fine-tuned here for {t.finetune.steps} steps" if t.finetune.enabled else ""
         )
     if s.init == "copy_layers" and cfg.task == "translation":
@@ -67,7 +73,7 @@ def how_made(
     elif s.init == "from_config":
         init = f"random, the teacher's config with {s.config_overrides}"
     else:
-        init = f"pretrained `{s.name_or_path}`"
+        init = f"pretrained {_named(s.name_or_path)}"
     if s.init == "copy_layers" and built:
         init += f" ({describe_built(built)})"
     if s.lora.enabled:

@@ -1,7 +1,7 @@
 """Checks of the user's input that need more than the recipe: the output folder, the columns, the
 split sizes, and the models themselves on the longest inputs the recipe allows.
 
-``distill validate`` and ``distill run`` both call them (through :func:`distill.run.prepare`)
+``distill validate`` and ``distill run`` both call them (through :func:`distill.plan.prepare`)
 before anything is written, so whatever ``run`` would fail on is refused up front in one line.
 """
 

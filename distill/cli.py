@@ -94,11 +94,9 @@ _default_thread_excepthook = threading.excepthook
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from distill.config import load_recipe
-    from distill.run import run
+    from distill.api import run
 
-    cfg = load_recipe(find_recipe(args.recipe), args.overrides)
-    run(cfg, resume=args.resume)
+    run(find_recipe(args.recipe), resume=args.resume, overrides=args.overrides)
     return 0
 
 
@@ -112,32 +110,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from distill import folder_lock, run_folder
-    from distill.config import load_recipe
-    from distill.modeling import num_layers
-    from distill.plan import prepare
+    from distill.api import validate
 
-    cfg = load_recipe(find_recipe(args.recipe), args.overrides)
-    plan = prepare(cfg)  # checks output.dir itself first
-    # What `run` (or `run --resume`) would say of the output folder: held by a live run, finished...
-    folder_lock.refuse_if_held(Path(cfg.output.dir))
-    run_folder.check(Path(cfg.output.dir), plan.cfg, resume=args.resume)
-    sizes = ", ".join(f"{name} {len(split)}" for name, split in plan.splits.items())
+    checked = validate(find_recipe(args.recipe), resume=args.resume, overrides=args.overrides)
+    cfg = checked.config
+    sizes = ", ".join(f"{name} {n}" for name, n in checked.splits.items())
     print(f"recipe OK: {cfg.description or args.recipe}")
-    source = (
-        cfg.teacher.name_or_path
-        or f"built from teacher.architecture, tokenizer of {len(plan.tokenizer)} pieces"
-    )
-    print(
-        f"  teacher   {source} ({plan.teacher_config.model_type}, {num_layers(plan.teacher_config)} layers)"
-    )
+    print(f"  teacher   {checked.teacher} ({checked.teacher_type}, {checked.teacher_layers} layers)")
     print(
         f"  student   {cfg.student.init}" + (f", layers {cfg.student.layers}" if cfg.student.layers else "")
     )
-    if plan.label_names is not None:
-        print(f"  labels    {plan.label_names}")
+    if checked.labels is not None:
+        print(f"  labels    {checked.labels}")
     print(f"  splits    {sizes}")
-    print(f"  tokenizer {type(plan.tokenizer).__name__}, {len(plan.tokenizer)} tokens")
+    print(f"  tokenizer {checked.tokenizer}, {checked.tokenizer_size} tokens")
     return 0
 
 
@@ -294,7 +280,7 @@ def _main(argv: list[str] | None) -> int:
         args.overrides += extra
     logging.basicConfig(level=logging.WARNING, format="distill: %(message)s")
     logging.getLogger("distill").setLevel(logging.INFO)
-    from distill.run import quiet_libraries
+    from distill.stages import quiet_libraries
 
     quiet_libraries()
     return args.func(args)

@@ -18,7 +18,8 @@ from distill.evaluation import Entry, evaluate_models
 from distill.metrics import load_metric
 from distill.modeling import check_same_tokenizer, freeze, load_pretrained, resolve_path
 from distill.report import console_summary, write_report
-from distill.run import BASELINE_DIR, STUDENT_DIR, TEACHER_DIR, _cpu_processes
+from distill.run_folder import BASELINE_DIR, STUDENT_DIR, TEACHER_DIR
+from distill.stages import _cpu_processes
 
 REMEDY = "write the report elsewhere with --out"
 

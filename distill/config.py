@@ -501,16 +501,25 @@ class RecipeConfig:
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
     """Read a recipe YAML file, apply ``key.sub=value`` overrides and check every value."""
+    return from_dict(read_recipe(path, overrides))
+
+
+def read_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """A recipe YAML file as plain data, with ``key.sub=value`` overrides applied (not yet checked)."""
     path = Path(path)
     if not path.is_file():
         raise DistillError(f"recipe not found: {path}")
     raw = recipe_yaml.load(path.read_text(encoding="utf-8"), str(path)) or {}
     if not isinstance(raw, dict):
         raise DistillError(f"{path}: a recipe is a mapping of keys to values")
+    return apply_overrides(raw, overrides)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
-    return from_dict(raw)
+    return raw
 
 
 def from_dict(raw: dict[str, Any]) -> RecipeConfig:

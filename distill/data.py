@@ -12,6 +12,7 @@ from pathlib import Path
 import datasets
 from datasets import Dataset, DatasetDict
 
+from distill import memory
 from distill.config import DataConfig
 from distill.errors import DistillError
 from distill.modeling import resolve_path
@@ -83,6 +84,8 @@ def load_raw(cfg: DataConfig, columns: dict[str, str]) -> DatasetDict:
 
 
 def _load(cfg: DataConfig) -> DatasetDict:
+    if memory.is_reference(cfg.dataset):  # a data set passed from Python
+        return memory.dataset(cfg.dataset)
     if cfg.synthetic:
         from distill.synthetic import SYNTHETIC
 

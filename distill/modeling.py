@@ -30,8 +30,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def resolve_path(name_or_path: str) -> str:
     """``pkg:PACKAGE/sub/folder`` -> the folder inside the installed package; anything else unchanged.
 
-    The package is located with ``importlib.util.find_spec``, without importing it.
+    The package is located with ``importlib.util.find_spec``, without importing it. A model passed
+    from Python (``memory:teacher:...``) is the folder it was saved to for this call.
     """
+    from distill import memory
+
+    if memory.is_reference(name_or_path):
+        return memory.folder(name_or_path)
     if not name_or_path.startswith("pkg:"):
         return name_or_path
     package, _, sub = name_or_path[len("pkg:") :].partition("/")

@@ -19,7 +19,7 @@ from accelerate.utils import set_seed
 from datasets import DatasetDict
 from transformers import AutoConfig, AutoTokenizer
 
-from distill import checks, lora, tasks, teacher_store
+from distill import checks, lora, memory, tasks, teacher_store
 from distill.artefacts import is_model_folder, read_record
 from distill.config import RecipeConfig, check_against_teacher
 from distill.data import load_raw
@@ -83,6 +83,17 @@ def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
         if recorded != current:
             recorded = recorded if isinstance(recorded, dict) else {}
             changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+            given = [
+                k
+                for k in changed
+                if memory.is_reference(recorded.get(k)) or memory.is_reference(current.get(k))
+            ]
+            if given:
+                raise DistillError(
+                    f"{finetuned} was trained with another {', '.join(given)} passed from Python (its "
+                    "fingerprint differs: other weights or content); pass the same objects, or choose "
+                    "another output.dir"
+                )
             raise DistillError(
                 f"{finetuned} was trained with other settings ({', '.join(changed)} changed); "
                 "choose another output.dir or delete that folder"

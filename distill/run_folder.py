@@ -58,6 +58,13 @@ def check(out: Path, cfg: RecipeConfig, *, resume: bool) -> None:
     if not isinstance(recorded, dict):
         raise DistillError(f"{out / CONFIG_FILE} is damaged, so the run cannot be resumed safely")
     changed = changed_keys(recorded, to_dict(cfg))
+    given = passed_from_python(changed, recorded, to_dict(cfg))
+    if given:
+        raise DistillError(
+            f"{out} was started with another {', '.join(given)} passed from Python (its fingerprint "
+            "differs: other weights or content); resume with the same objects, or set "
+            "output.overwrite=true to start afresh"
+        )
     if changed:
         raise DistillError(
             f"{out} was started with other settings ({', '.join(changed[:4])} changed); resume with the same "
@@ -99,3 +106,17 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return out
+
+
+def passed_from_python(keys: list[str], *raws: dict[str, Any]) -> list[str]:
+    """Those of the dotted ``keys`` that name an object passed from Python in any of ``raws``."""
+    return [k for k in keys if any(_passed_from_python(raw, k) for raw in raws)]
+
+
+def _passed_from_python(raw: dict[str, Any], dotted: str) -> bool:
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return False
+        node = node.get(part)
+    return isinstance(node, str) and node.startswith("memory:")

@@ -14,13 +14,27 @@ from typing import Any, Union
 
 from distill.errors import DistillError
 
+_PLAIN = (str, int, float, bool, list, dict, type(None))
+
+
+def _shown(value: Any) -> str:
+    """A value as an error line shows it: plain data's repr, cut to 80 characters; any other
+    object (a model, a data set put into a recipe dict) by its type."""
+    if not isinstance(value, _PLAIN):
+        return (
+            f"a {type(value).__name__} (a recipe holds plain values; pass models, tokenizers and data "
+            "sets to distill.run(..., teacher=, student=, tokenizer=, data=))"
+        )
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
 
 def build(cls: type, raw: Any, prefix: str) -> Any:
     where = prefix.rstrip(".") or "recipe"
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise DistillError(f"{where}: expected a mapping, got {raw!r}")
+        raise DistillError(f"{where}: expected a mapping, got {_shown(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -56,13 +70,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise DistillError(f"{key}: expected true or false, got {value!r}")
+        raise DistillError(f"{key}: expected true or false, got {_shown(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise DistillError(f"{key}: expected an integer, got {value!r}")
+        raise DistillError(f"{key}: expected an integer, got {_shown(value)}")
     if tp is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -73,23 +87,23 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             except ValueError:
                 pass
         if number is None:
-            raise DistillError(f"{key}: expected a number, got {value!r}")
+            raise DistillError(f"{key}: expected a number, got {_shown(value)}")
         if not math.isfinite(number):
-            raise DistillError(f"{key}: expected a finite number, got {value!r}")
+            raise DistillError(f"{key}: expected a finite number, got {_shown(value)}")
         return number
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        raise DistillError(f"{key}: expected a string, got {value!r}")
+        raise DistillError(f"{key}: expected a string, got {_shown(value)}")
     if origin is list:
         if not isinstance(value, list):
-            raise DistillError(f"{key}: expected a list, got {value!r}")
+            raise DistillError(f"{key}: expected a list, got {_shown(value)}")
         return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise DistillError(f"{key}: expected a mapping, got {value!r}")
+            raise DistillError(f"{key}: expected a mapping, got {_shown(value)}")
         return {
             _coerce(args[0], k, f"{key} key"): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()
         }

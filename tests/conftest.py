@@ -23,7 +23,8 @@ def make_tokenizer(folder: Path, extra: list[str] = ()) -> BertTokenizer:
     """A word-level WordPiece tokenizer over the test vocabulary, saved into ``folder``."""
     words = SPECIAL + POSITIVE + NEGATIVE + NEUTRAL + list(extra)
     tok = BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True, model_max_length=64)
-    tok.save_pretrained(folder)
+    if folder is not None:  # None: in memory only
+        tok.save_pretrained(folder)
     return tok
 
 
@@ -175,7 +176,8 @@ def make_seq2seq_tokenizer(folder: Path, extra: list[str] = ()):
         tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
     )
     tok.model_max_length = 64
-    tok.save_pretrained(folder)
+    if folder is not None:  # None: in memory only
+        tok.save_pretrained(folder)
     return tok
 
 

@@ -38,7 +38,8 @@ def make_causal_tokenizer(folder):
         tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
     )
     tok.model_max_length = 64
-    tok.save_pretrained(folder)
+    if folder is not None:  # None: in memory only
+        tok.save_pretrained(folder)
     return tok
 
 
@@ -230,7 +231,7 @@ def test_causal_family_end_to_end(family, init, tmp_path, pairs_csv):
     import sacrebleu
 
     from distill.config import load_recipe
-    from distill.run import prepare
+    from distill.stages import prepare
 
     test = prepare(load_recipe(recipe, ["output.overwrite=true"])).splits["test"]
     references = [r.strip() for r in test["completion"]]
@@ -373,7 +374,7 @@ def test_sequence_level_kd_trains_on_the_teachers_completions(tmp_path, pairs_cs
 
     from distill import seqkd
     from distill.config import load_recipe
-    from distill.run import prepare
+    from distill.stages import prepare
 
     teacher = save_causal(tmp_path / "teacher", "qwen2")
     raw = causal_recipe(

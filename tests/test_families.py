@@ -222,7 +222,7 @@ def test_family_matrix(family, init, tmp_path, data_csv):
     classify = pipeline("text-classification", model=str(out / "student"))
     assert classify.model.config.num_hidden_layers == 2
     from distill.config import load_recipe
-    from distill.run import prepare
+    from distill.stages import prepare
 
     test = prepare(load_recipe(recipe, ["output.overwrite=true"])).splits["test"]  # the run's test split
     names = classify.model.config.id2label
@@ -288,7 +288,7 @@ def test_translation_family_matrix(family, init, tmp_path, pairs_csv):
     from transformers import AutoModelForSeq2SeqLM
 
     from distill.config import load_recipe
-    from distill.run import prepare
+    from distill.stages import prepare
 
     teacher = save_seq2seq(tmp_path / "teacher", family)
     out = tmp_path / "out"

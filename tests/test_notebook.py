@@ -37,11 +37,12 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     shown = [o["data"] for o in outputs if o.get("output_type") == "display_data"]
     table = next(d["text/markdown"] for d in shown if "text/markdown" in d)
-    assert table.startswith("| model | role | accuracy |") and "| baseline | baseline |" in table
+    assert table == (out / "report.md").read_text()  # the report as written, shown
+    assert "| model | role | accuracy |" in table and "| baseline | baseline |" in table
     png = next(d["image/png"] for d in shown if "image/png" in d)
     assert base64.b64decode(png)[:4] == b"\x89PNG"
     assert png == base64.b64encode((out / "report.png").read_bytes()).decode()
-    # evaluate_saved on the run's folder gives the same scores as the run itself.
+    # distill.evaluate on the run's folder gives the same scores as the run itself.
     evaluated = json.loads((out / "evaluated" / "report.json").read_text())
     assert [m["metrics"] for m in evaluated["models"]] == [m["metrics"] for m in report["models"]]
     card = (out / "student" / "README.md").read_text()

@@ -8,7 +8,7 @@ import yaml
 from conftest import save_tiny_bert, save_tiny_marian, translation_rows, write_csv
 
 from distill.config import load_recipe
-from distill.run import prepare
+from distill.stages import prepare
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
 

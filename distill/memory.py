@@ -1,0 +1,121 @@
+"""Objects passed from Python (a model, a tokenizer, a data set) in place of a recipe's paths.
+
+Each is named in the resolved recipe by its kind and fingerprint, ``memory:teacher:3f2a...``:
+``config.yaml`` records what the run was given, and a resume given other objects is refused as a
+changed setting, naming it. A model is saved once, with its tokenizer, into a private temporary
+folder, and every load reads that folder with the ordinary ``from_pretrained`` (the caller's object
+is never changed, and what the run loads is exactly what a folder would give); the folder is
+removed when the call that passed it returns. A data set is used as it is. The fingerprint of a
+model is that of the files it saves to (weights, config, tokenizer), of a data set its content:
+every split's features and rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from distill.errors import DistillError
+
+PREFIX = "memory:"
+
+_folders: dict[str, str] = {}  # reference -> the temporary folder a model was saved to
+_datasets: dict[str, Any] = {}  # reference -> the DatasetDict
+
+
+def is_reference(name: str) -> bool:
+    return isinstance(name, str) and name.startswith(PREFIX)
+
+
+def add_model(role: str, model: Any, tokenizer: Any) -> str:
+    """Save ``model`` and ``tokenizer`` into a private folder; return the reference naming them."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise DistillError(f"{role}=: a transformers PreTrainedModel, not a {type(model).__name__}")
+    if not hasattr(tokenizer, "save_pretrained") or not hasattr(tokenizer, "convert_tokens_to_ids"):
+        raise DistillError(f"tokenizer=: a transformers tokenizer, not a {type(tokenizer).__name__}")
+    folder = tempfile.mkdtemp(prefix=f"distill-{role}-")
+    try:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    reference = f"{PREFIX}{role}:{_folder_fingerprint(Path(folder))}"
+    if reference in _folders:  # the same object passed twice: one folder is enough
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        _folders[reference] = folder
+    return reference
+
+
+def add_data(data: Any) -> str:
+    """Keep ``data`` (a Dataset: the train split; or a DatasetDict); return its reference."""
+    from datasets import Dataset, DatasetDict
+
+    if isinstance(data, Dataset):
+        data = DatasetDict(train=data)
+    if not isinstance(data, DatasetDict) or not all(isinstance(s, Dataset) for s in data.values()):
+        raise DistillError(f"data=: a datasets Dataset or DatasetDict, not a {type(data).__name__}")
+    reference = f"{PREFIX}data:{data_fingerprint(data)}"
+    _datasets[reference] = data
+    return reference
+
+
+def folder(reference: str) -> str:
+    """The folder a model reference was saved to, or a one-line error saying how to pass it again."""
+    if reference in _folders:
+        return _folders[reference]
+    raise DistillError(_missing(reference))
+
+
+def dataset(reference: str) -> Any:
+    if reference in _datasets:
+        return _datasets[reference]
+    raise DistillError(_missing(reference))
+
+
+def release(references: list[str]) -> None:
+    for reference in references:
+        path = _folders.pop(reference, None)
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+        _datasets.pop(reference, None)
+
+
+def _missing(reference: str) -> str:
+    role = reference[len(PREFIX) :].partition(":")[0]
+    return (
+        f"'{reference}' names a {role} passed from Python, which this call was not given; pass the same "
+        f"object again (distill.run(..., {role}=...)); one with other weights or content is another {role}"
+    )
+
+
+def _folder_fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def data_fingerprint(data: Any) -> str:
+    """Every split's name, features and rows (in order), as Arrow writes them."""
+    import pyarrow as pa
+
+    digest = hashlib.sha256()
+    for name in sorted(data):
+        split = data[name]
+        digest.update(f"{name}\0{split.features!r}\0{len(split)}\0".encode())
+        for table in split.with_format("arrow").iter(batch_size=4096):
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema.remove_metadata()) as writer:
+                writer.write_table(table.replace_schema_metadata(None))
+            digest.update(sink.getvalue())
+    return digest.hexdigest()[:16]
