@@ -15,6 +15,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "Callback",
     "DistillError",
     "RecipeConfig",
     "Result",
@@ -33,6 +34,10 @@ def __getattr__(name: str) -> Any:  # imported on first use: `distill --version`
         from distill import api
 
         return getattr(api, name)
+    if name == "Callback":
+        from distill.callbacks import Callback
+
+        return Callback
     if name == "RecipeConfig":
         from distill.config import RecipeConfig
 

@@ -156,6 +156,7 @@ def run(
     tokenizer: Any = None,
     data: Any = None,
     resume: bool = False,
+    callbacks: Sequence[Any] = (),
     overrides: Sequence[str] = (),
 ) -> Result:
     """Run a recipe from start to finish, as ``distill run`` does.
@@ -165,12 +166,13 @@ def run(
     ``Dataset``, the training split, or a ``DatasetDict``) replace the recipe's paths. Every check
     of :func:`validate` runs before anything is written. ``resume=True`` finishes an interrupted run;
     given other objects than the run started with, it is refused, naming what changed.
+    ``callbacks`` are :class:`distill.Callback` instances, called on the main process.
     """
     from distill import stages
 
     stages.quiet_libraries()
     with _given(recipe, overrides, teacher=teacher, student=student, tokenizer=tokenizer, data=data) as cfg:
-        results = stages.run(cfg, resume=resume)
+        results = stages.run(cfg, resume=resume, callbacks=callbacks)
     report = results.pop("report")
     return Result(Path(cfg.output.dir), report, results)
 

@@ -265,3 +265,27 @@ def _stretch(ids: list[int], length: int, top: int) -> list[int]:
     if len(ids) > 2:
         ids[len(ids) // 2] = top
     return ids
+
+
+# The package each tracker needs, and what to install for it.
+TRACKER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "mlflow": ("mlflow", "mlflow-skinny"),
+    "wandb": ("wandb", "wandb"),
+    "trackio": ("trackio", "trackio"),
+    "comet_ml": ("comet_ml", "comet-ml"),
+    "aim": ("aim", "aim"),
+    "clearml": ("clearml", "clearml"),
+    "dvclive": ("dvclive", "dvclive"),
+    "swanlab": ("swanlab", "swanlab"),
+}
+
+
+def trackers_installed(cfg: RecipeConfig) -> None:
+    """Every tracker in ``train.report_to`` can be imported (Accelerate would drop it silently)."""
+    import importlib.util
+
+    for name in cfg.train.report_to:
+        module, package = TRACKER_PACKAGES[name]
+        if importlib.util.find_spec(module) is None:
+            raise DistillError(f"train.report_to: {name} is not installed here (pip install {package})")

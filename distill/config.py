@@ -27,6 +27,8 @@ PRECISIONS = ("no", "bf16", "fp16")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULERS = ("linear", "cosine", "constant")
 SEQUENCE_KD = ("replace", "mix")
+# Accelerate's trackers (each needs its own package installed; `validate` says which is missing).
+TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
 MAX_TEMPERATURE = 1000.0
 MAX_THREADS = 1024
 
@@ -363,7 +365,10 @@ class TrainConfig:
     eval_every: int = 0  # evaluate on the validation split every N steps (0: only at the end)
     checkpoint_every: int = 0  # save a verified, resumable checkpoint every N steps (0: none)
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
-    log_every: int = 10  # log losses to TensorBoard every N steps
+    log_every: int = 10  # log losses, learning rate, gradient norm and examples/s every N steps
+    report_to: list[str] = field(
+        default_factory=lambda: ["tensorboard"]
+    )  # trackers: tensorboard (OUTPUT/logs) | mlflow | wandb | trackio | comet_ml | aim | clearml | dvclive | swanlab; [] for none
     baseline: bool = False  # also train the same student without the teacher (hard labels only)
 
     def check(self, key: str) -> None:
@@ -381,6 +386,10 @@ class TrainConfig:
         non_negative(f"{key}.checkpoint_every", self.checkpoint_every)
         positive(f"{key}.keep_checkpoints", self.keep_checkpoints)
         positive(f"{key}.log_every", self.log_every)
+        for i, name in enumerate(self.report_to):
+            one_of(f"{key}.report_to[{i}]", name, TRACKERS)
+        if len(set(self.report_to)) != len(self.report_to):
+            raise DistillError(f"{key}.report_to: a tracker is named twice in {self.report_to}")
         seed(f"{key}.seed", self.seed)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from distill import atomic, checkpoints
+from distill.callbacks import CallbackList
 from distill.config import TrainConfig
 from distill.errors import DistillError, RunFailed
 from distill.loss_step import LOGGED_TERMS, LossStep
@@ -130,6 +132,7 @@ def train(
     resume: bool,
     tokenizer: Any = None,
     eval_settings: Any = None,
+    callbacks: CallbackList | None = None,
 ) -> tuple[nn.Module, TrainResult]:
     """Train ``student`` for ``cfg.steps`` optimizer steps; returns the prepared model and the result.
 
@@ -144,6 +147,7 @@ def train(
     """
     accum = cfg.gradient_accumulation_steps
     global_batch = cfg.batch_size * accelerator.num_processes
+    callbacks = callbacks or CallbackList()
     if len(train_dataset) < global_batch:
         raise DistillError(
             f"{name}: the training split has {len(train_dataset)} examples, fewer than one global batch "
@@ -214,12 +218,13 @@ def train(
     # there only the loss tells divergence.
     check_gradient = accelerator.mixed_precision != "fp16"
     first_bad = torch.zeros((), dtype=torch.long, device=accelerator.device)  # 0: all finite so far
+    timed_from = (start_step, time.perf_counter())  # examples/s since the last log
     try:
         for step in range(start_step + 1, cfg.steps + 1):
             micro = [next(batches) for _ in range(accum)]
             totals = backward_step(accelerator, student, loss_step, micro, seed=cfg.seed, step=step)
             running += torch.stack([totals[k] for k in LOGGED_TERMS])
-            first_bad = optimizer_step(
+            first_bad, grad_norm = optimizer_step(
                 accelerator,
                 optimizer,
                 params,
@@ -246,8 +251,17 @@ def train(
                 entry.update(
                     {f"train/{k}": v / items for k, v in zip(LOGGED_TERMS[:-1], summed[:-1], strict=True)}
                 )
-                accelerator.log({f"{name}/{k}": v for k, v in entry.items() if k != "step"}, step=step)
+                # The norm of this step's gradient before clipping (the same on every process).
+                entry["train/grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
+                now = time.perf_counter()
+                speed = (step - timed_from[0]) * global_batch * accum / max(now - timed_from[1], 1e-9)
+                timed_from = (step, now)
+                # examples/s is the machine's, not the run's: logged, but not kept in the history
+                # (a resumed run's history is the uninterrupted one's).
+                logged = {f"{name}/{k}": v for k, v in entry.items() if k != "step"}
+                accelerator.log({**logged, f"{name}/train/examples_per_s": speed}, step=step)
                 history.append(entry)
+                callbacks.on_log(name, step, {**entry, "train/examples_per_s": speed})
                 progress.set_postfix(loss=f"{entry['train/loss']:.4f}")
                 running.zero_()
             if evaluating:
@@ -256,11 +270,12 @@ def train(
                 )
                 accelerator.log({f"{name}/validation/{k}": v for k, v in metrics.items()}, step=step)
                 history.append({"step": step, **{f"validation/{k}": v for k, v in metrics.items()}})
+                callbacks.on_evaluate(name, step, metrics)
                 progress.write(
                     f"{name} step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                 )
             if checkpointing:
-                checkpoints.save(
+                saved = checkpoints.save(
                     accelerator,
                     stage_dir,
                     step,
@@ -269,6 +284,7 @@ def train(
                     scheduler=scheduler,
                     keep=cfg.keep_checkpoints,
                 )
+                callbacks.on_checkpoint(name, step, saved)
     finally:
         progress.close()  # before any message about why the loop stopped
     return student, TrainResult(steps=cfg.steps, metrics=metrics, history=history)
@@ -337,7 +353,8 @@ def optimizer_step(
     check_gradient: bool = True,
 ) -> Tensor:
     """Clip the gradient (``max_grad_norm`` > 0), step and clear it; returns ``first_bad``, the first
-    step whose loss or gradient was not finite (0: none), updated on the device without a host sync.
+    step whose loss or gradient was not finite (0: none), updated on the device without a host sync,
+    and the gradient's norm before clipping (a tensor on the device).
 
     The norm is computed even without clipping (clipping at infinity changes nothing): it is what
     shows a non-finite gradient.
@@ -351,7 +368,7 @@ def optimizer_step(
     first_bad = torch.where((first_bad == 0) & ~finite, step, first_bad)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return first_bad
+    return first_bad, norm
 
 
 def _stop_if_diverged(accelerator: Accelerator, name: str, first_bad: Tensor) -> None:

@@ -66,6 +66,7 @@ def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
     cfg = checks.with_precision(cfg)
     checks.launcher_settings(cfg)
     checks.quantized_on_cpu(cfg)
+    checks.trackers_installed(cfg)
     task = tasks.TASKS[cfg.task]
     processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
     checks.output_dir(cfg.output.dir)

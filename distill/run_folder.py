@@ -89,11 +89,17 @@ def open_for_run(out: Path, cfg: RecipeConfig) -> None:
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ (``output.*`` aside: where the folder is, not what it holds)."""
+    """Dotted keys whose values differ (``output.*`` and ``train.report_to`` aside: where the folder
+    and the logs are, not what the run computes)."""
     a, b = flat(old), flat(new)
     return sorted(
-        k for k in set(a) | set(b) if not k.startswith("output.") and not json_equal(a.get(k), b.get(k))
+        k
+        for k in set(a) | set(b)
+        if not k.startswith("output.") and k not in WHERE_LOGS_GO and not json_equal(a.get(k), b.get(k))
     )
+
+
+WHERE_LOGS_GO = {"train.report_to"}
 
 
 def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from distill.artefacts import (
     ship,
     write_record,
 )
+from distill.callbacks import Callback, CallbackList
 from distill.cards import describe_built, how_made, hub_id, model_card
 from distill.config import RecipeConfig, TrainConfig, to_dict
 from distill.errors import DistillError
@@ -62,27 +64,30 @@ from distill.teachers import pseudo_settings, stage_settings, store_settings
 log = logging.getLogger(__name__)
 
 
-def run(cfg: RecipeConfig, *, resume: bool = False) -> dict[str, Any]:
-    """Run the recipe; returns what is written to ``OUTPUT/results.json``."""
+def run(cfg: RecipeConfig, *, resume: bool = False, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Run the recipe; returns what is written to ``OUTPUT/results.json``, and the report."""
     # The precision the run trains and is measured in, recorded in config.yaml as resolved: a
     # resume under another launcher setting is refused as a changed setting.
     cfg = checks.with_precision(cfg)
     accelerator = Accelerator(
         cpu=_cpu_processes(),
         mixed_precision=cfg.train.mixed_precision,
-        log_with="tensorboard",
+        log_with=trackers(cfg) or None,
         project_dir=cfg.output.dir,
         # Each stage's data order follows the seed set just before it (torch's initial seed).
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     lock = FolderLock(Path(cfg.output.dir))
     try:
-        return _run(accelerator, cfg, resume, lock)
+        hooks = CallbackList(callbacks, accelerator.is_main_process)
+        return _run(accelerator, cfg, resume, lock, hooks)
     finally:
         lock.release()
 
 
-def _run(accelerator: Accelerator, cfg: RecipeConfig, resume: bool, lock: FolderLock) -> dict[str, Any]:
+def _run(
+    accelerator: Accelerator, cfg: RecipeConfig, resume: bool, lock: FolderLock, callbacks: CallbackList
+) -> dict[str, Any]:
     out = Path(cfg.output.dir)
     checks.output_dir(cfg.output.dir)
     folder_lock.refuse_if_held(out)
@@ -96,7 +101,23 @@ def _run(accelerator: Accelerator, cfg: RecipeConfig, resume: bool, lock: Folder
     if accelerator.is_main_process:
         run_folder.open_for_run(out, cfg)
     accelerator.wait_for_everyone()
-    accelerator.init_trackers("logs", config=run_folder.flat(to_dict(cfg)))
+    # TensorBoard writes OUTPUT/logs; the others file the run under the project "distill", named
+    # after its output folder (MLFLOW_EXPERIMENT_NAME, WANDB_* and the like still apply).
+    run_name = out.resolve().name
+    try:
+        accelerator.init_trackers(
+            "distill",
+            config=run_folder.flat(to_dict(cfg)),
+            init_kwargs={"mlflow": {"run_name": run_name}, "wandb": {"name": run_name}},
+        )
+    except Exception as e:  # each tracker library raises its own types (a store it cannot reach, ...)
+        if atomic.disk_problem(e) is not None:
+            raise
+        reason = " ".join(str(e).split())[:300] or type(e).__name__
+        raise DistillError(
+            f"train.report_to: a tracker of {cfg.train.report_to} could not start ({reason}); set it up "
+            "(for MLflow: MLFLOW_TRACKING_URI) and run again with --resume"
+        ) from None
 
     with accelerator.main_process_first():
         tokenized = task.tokenize(plan.splits, plan.tokenizer, cfg.data)
@@ -104,8 +125,12 @@ def _run(accelerator: Accelerator, cfg: RecipeConfig, resume: bool, lock: Folder
     eval_split = tokenized["validation"]
     probe = collate([eval_split[i] for i in range(min(8, len(eval_split)))])  # for the reload checks
 
+    stage_name = "teacher-train" if cfg.teacher.architecture else "teacher-finetune"
     if cfg.teacher.stage.enabled and not plan.reuse_teacher:
-        teacher = _finetune_teacher(accelerator, plan, teacher, tokenized, collate, probe, resume)
+        teacher = _finetune_teacher(accelerator, plan, teacher, tokenized, collate, probe, resume, callbacks)
+    if cfg.teacher.stage.enabled and plan.reuse_teacher:
+        marker = read_record(out / TEACHER_DIR / FINETUNE_MARKER) or {}
+        callbacks.on_stage_end(stage_name, out / TEACHER_DIR, marker.get("validation") or {})
 
     set_seed(cfg.train.seed)
     # The student is built from the fp32 teacher, before the teacher is cast to teacher.dtype.
@@ -181,17 +206,20 @@ def _run(accelerator: Accelerator, cfg: RecipeConfig, resume: bool, lock: Folder
         record = read_record(record_path)
         if record is not None and is_model_folder(out / folder):
             accelerator.print(f"{name}: finished earlier; using {out / folder}")
-            return reload(task, out / folder, accelerator.device), TrainResult(**record["result"])
+            result = TrainResult(**record["result"])
+            callbacks.on_stage_end(name, out / folder, result.metrics)
+            return reload(task, out / folder, accelerator.device), result
         if cfg.student.lora.enabled:
             model = lora.wrap(model, cfg.student.lora, cfg.task, seed=cfg.train.seed)
         model, result = _train_stage(
-            accelerator, plan, name, cfg.train, model, step, dataset, eval_split, collate, resume
+            accelerator, plan, name, cfg.train, model, step, dataset, eval_split, collate, resume, callbacks
         )
         if cfg.student.lora.enabled:  # shipped merged into a plain model, the adapter beside it
             adapter = out / f"{folder}{lora.ADAPTER_SUFFIX}"
             model = lora.merge(accelerator, name, model, task, probe, adapter)
         saved = _ship(accelerator, plan, name, model, out / folder, probe)
         write_record(accelerator, record_path, {"result": dataclasses.asdict(result)})
+        callbacks.on_stage_end(name, out / folder, result.metrics)
         return saved, result
 
     student, result = train_student("distill", student, loss_step, train_split, STUDENT_DIR)
@@ -248,11 +276,24 @@ def _run(accelerator: Accelerator, cfg: RecipeConfig, resume: bool, lock: Folder
             )
             atomic.write_text(out / entry.name / "README.md", card)
         print(console_summary(report))
+        shipped = ", ".join(str(out / e.name) for e in entries[1:])
+        print(f"saved: {shipped}\nreport: {out / 'report.md'} (and report.json, report.png)")
     # Written last of all: the run is finished (a rerun is refused, not resumed).
     write_record(accelerator, out / RUN_RECORD, {"finished": True, "report": list(REPORT_FILES)})
     results["report"] = report
     accelerator.end_training()
     return results
+
+
+def trackers(cfg: RecipeConfig) -> list[Any]:
+    """``train.report_to`` as Accelerate takes it: TensorBoard as a tracker writing OUTPUT/logs
+    (started on the main process only), the others by name."""
+    from accelerate.tracking import TensorBoardTracker
+
+    return [
+        TensorBoardTracker("logs", cfg.output.dir) if name == "tensorboard" else name
+        for name in cfg.train.report_to
+    ]
 
 
 def _calibration(cfg: RecipeConfig, task: Any, train: Any, collate: Any) -> list[dict[str, torch.Tensor]]:
@@ -316,6 +357,7 @@ def _finetune_teacher(
     collate: Any,
     probe: dict[str, torch.Tensor],
     resume: bool,
+    callbacks: CallbackList,
 ) -> torch.nn.Module:
     cfg = plan.cfg
     ft = cfg.teacher.stage
@@ -346,10 +388,12 @@ def _finetune_teacher(
         tokenized["validation"],
         collate,
         resume,
+        callbacks,
         stage_dir=name.replace("-", "_"),
     )
     marker = {"settings": stage_settings(cfg), "validation": result.metrics}
     saved = _ship(accelerator, plan, name, teacher, out / TEACHER_DIR, probe, {FINETUNE_MARKER: marker})
+    callbacks.on_stage_end(name, out / TEACHER_DIR, result.metrics)
     if accelerator.is_main_process:
         atomic.remove(out / STAGES_DIR / name.replace("-", "_"))  # its checkpoints: the teacher is saved
     accelerator.free_memory()
@@ -367,6 +411,7 @@ def _train_stage(
     eval_dataset: Any,
     collate: Any,
     resume: bool,
+    callbacks: CallbackList,
     stage_dir: str | None = None,
 ) -> tuple[torch.nn.Module, Any]:
     """Train ``model`` as one stage, from the state ``stage_cfg.seed`` gives; returns it unwrapped."""
@@ -387,6 +432,7 @@ def _train_stage(
         resume=resume,
         tokenizer=plan.tokenizer,
         eval_settings=cfg.eval,
+        callbacks=callbacks,
     )
     return accelerator.unwrap_model(model), result
 
