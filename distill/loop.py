@@ -248,8 +248,13 @@ def train(
                 ).tolist()
                 items = max(summed[-1], 1.0)
                 entry = {"step": step, "lr": scheduler.get_last_lr()[0]}
+                shown = loss_step.logged_terms  # no chart of a term that is always 0
                 entry.update(
-                    {f"train/{k}": v / items for k, v in zip(LOGGED_TERMS[:-1], summed[:-1], strict=True)}
+                    {
+                        f"train/{k}": v / items
+                        for k, v in zip(LOGGED_TERMS[:-1], summed[:-1], strict=True)
+                        if k in shown
+                    }
                 )
                 # The norm of this step's gradient before clipping (the same on every process).
                 entry["train/grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan

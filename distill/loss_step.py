@@ -62,6 +62,13 @@ class LossStep:
         # On-policy batches are scored by the divergence alone: there is no reference to compare with.
         self.soft_only = dataclasses.replace(loss, alpha=1.0) if self.on_policy else None
 
+    @property
+    def logged_terms(self) -> tuple[str, ...]:
+        """The terms worth logging: "soft" and "hidden" only where they are used (elsewhere they
+        are always 0)."""
+        unused = {name for name, used in (("soft", self.use_soft), ("hidden", self.use_hidden)) if not used}
+        return tuple(k for k in LOGGED_TERMS[:-1] if k not in unused)
+
     def _teacher_logits(self, inputs: dict[str, Tensor], chunked: bool) -> Tensor | TeacherHead:
         """The online teacher's logits; for chunked per-token KD, its last hidden states and output
         head instead (no [tokens, vocabulary] tensor), once checked to give the model's logits."""

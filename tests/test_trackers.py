@@ -86,6 +86,10 @@ def test_trackers_and_callbacks_get_the_history(tmp_path, monkeypatch):
     speeds = client.get_metric_history(run.info.run_id, "distill/train/examples_per_s")
     assert len(speeds) == 3 and all(m.value > 0 for m in speeds)
     assert client.get_metric_history(run.info.run_id, "baseline/train/loss")
+    # Terms that are always 0 get no chart: no hidden-state loss here, no soft labels for the baseline.
+    assert not client.get_metric_history(run.info.run_id, "distill/train/hidden")
+    assert not client.get_metric_history(run.info.run_id, "baseline/train/soft")
+    assert all("train/hidden" not in h for h in trained)
     assert mlflow.active_run() is None  # ended with the run
 
     # TensorBoard: OUTPUT/logs, the same values (stored as float32).
