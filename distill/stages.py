@@ -286,12 +286,12 @@ def _run(
 
 
 def trackers(cfg: RecipeConfig) -> list[Any]:
-    """``train.report_to`` as Accelerate takes it: TensorBoard as a tracker writing OUTPUT/logs
-    (started on the main process only), the others by name."""
-    from accelerate.tracking import TensorBoardTracker
+    """``train.report_to`` as Accelerate takes it: TensorBoard as distill's tracker writing one run
+    per stage under OUTPUT/logs (on the main process only), the others by name."""
+    from distill.tracking import StageTensorBoard
 
     return [
-        TensorBoardTracker("logs", cfg.output.dir) if name == "tensorboard" else name
+        StageTensorBoard(Path(cfg.output.dir) / "logs") if name == "tensorboard" else name
         for name in cfg.train.report_to
     ]
 

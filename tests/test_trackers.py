@@ -92,11 +92,21 @@ def test_trackers_and_callbacks_get_the_history(tmp_path, monkeypatch):
     assert all("train/hidden" not in h for h in trained)
     assert mlflow.active_run() is None  # ended with the run
 
-    # TensorBoard: OUTPUT/logs, the same values (stored as float32).
-    events = EventAccumulator(str(out / "logs")).Reload()
+    # TensorBoard: one run per stage under OUTPUT/logs with the same tags (the student's curves
+    # overlay the baseline's), the same values (stored as float32).
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["baseline", "distill", "teacher-finetune"]
+    events = EventAccumulator(str(out / "logs" / "distill")).Reload()
     for key in ("train/loss", "train/soft", "lr", "train/grad_norm"):
-        scalars = [(e.step, e.value) for e in events.Scalars(f"distill/{key}")]
+        scalars = [(e.step, e.value) for e in events.Scalars(key)]
         assert scalars == [(h["step"], pytest.approx(h[key], rel=1e-6)) for h in trained], key
+    baseline = EventAccumulator(str(out / "logs" / "baseline")).Reload()
+    history = result.results["baseline_history"]
+    assert [(e.step, e.value) for e in baseline.Scalars("validation/accuracy")] == [
+        (h["step"], pytest.approx(h["validation/accuracy"], rel=1e-6))
+        for h in history
+        if "validation/accuracy" in h
+    ]
+    assert "train/soft" not in baseline.Tags()["scalars"] and "recipe" in str(baseline.Tags()["tensors"])
 
 
 def test_trackers_are_checked_before_anything_is_written(tmp_path):
