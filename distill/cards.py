@@ -7,6 +7,7 @@ from typing import Any
 
 from distill.config import RecipeConfig
 from distill.report import _main_mode, notes, table
+from distill.tasks import TASKS
 
 
 def hub_id(name_or_path: str) -> str | None:
@@ -63,7 +64,7 @@ def how_made(
         teacher = _named(t.name_or_path) + (
             f", fine-tuned here for {t.finetune.steps} steps" if t.finetune.enabled else ""
         )
-    if s.init == "copy_layers" and cfg.task == "translation":
+    if s.init == "copy_layers" and TASKS[cfg.task].ENCODER_DECODER:
         encoder = f"encoder layers {s.encoder_layers}" if s.encoder_layers is not None else "whole encoder"
         init = f"copied from the teacher: embeddings, head, {encoder} and decoder layers {copied}"
     elif s.init == "copy_layers":

@@ -207,8 +207,7 @@ def models_take_the_longest_inputs(
         tokenized = task.tokenize(DatasetDict(train=sample), tokenizer, cfg.data)["train"]
     finally:
         logger.setLevel(level)
-    if hasattr(task, "check_models"):  # what the task needs of the models beyond one forward pass
-        task.check_models(models, [dict(r) for r in tokenized], tokenizer)
+    task.check_models(models, [dict(r) for r in tokenized], tokenizer)  # beyond one forward pass
     row = dict(tokenized[0])
     top = len(tokenizer) - 1
     length = task.max_input_length(tokenizer, cfg.data)
@@ -217,7 +216,7 @@ def models_take_the_longest_inputs(
         if key in row:
             row[key] = [row[key][0]] * len(row["input_ids"])
     targets = ""
-    if getattr(task, "ALIGNED_LABELS", False):  # causal_lm: the next token at every position
+    if task.ALIGNED_LABELS:  # causal_lm: the next token at every position
         row["labels"] = row["input_ids"][1:] + [-100]
     elif isinstance(row.get("labels"), list):  # translation: the longest target too
         row["labels"] = _stretch(list(row["labels"]), cfg.data.max_target_length, top)
@@ -243,7 +242,7 @@ def models_take_the_longest_inputs(
             model.train(was_training)
     if "teacher" in shapes and "student" in shapes and shapes["teacher"] != shapes["student"]:
         hint = ""
-        if task.__name__.endswith("translation") and shapes["student"][-1] != shapes["teacher"][-1]:
+        if task.ENCODER_DECODER and shapes["student"][-1] != shapes["teacher"][-1]:
             hint = (
                 f"; the tokenizer has {len(tokenizer)} tokens: resize both output layers to it "
                 "(model.resize_token_embeddings) and save the student again"

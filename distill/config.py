@@ -455,45 +455,9 @@ class RecipeConfig:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.check(f.name)
-        if self.task == "translation":
-            d = self.data
-            if d.translation_column:
-                if not (d.source_lang and d.target_lang):
-                    raise DistillError(
-                        "data.source_lang / data.target_lang: required with data.translation_column"
-                    )
-            elif not (d.source_column and d.target_column):
-                raise DistillError(
-                    "data: translation needs data.source_column and data.target_column, "
-                    "or data.translation_column with data.source_lang and data.target_lang"
-                )
-            if self.loss.hidden_weight > 0:
-                raise DistillError(
-                    "loss.hidden_weight: hidden-state losses are for classification only, so far"
-                )
-        if self.task == "causal_lm":
-            d = self.data
-            if bool(d.prompt_column) != bool(d.completion_column):
-                raise DistillError(
-                    "data: causal_lm takes data.prompt_column with data.completion_column, or neither "
-                    "(data.text_column: every token is a target)"
-                )
-            if self.loss.hidden_weight > 0:
-                raise DistillError(
-                    "loss.hidden_weight: hidden-state losses are for classification only, so far"
-                )
-        if self.loss.sequence_kd and self.task == "classification":
-            raise DistillError("loss.sequence_kd: sequence-level KD is for translation and causal_lm")
-        if self.loss.on_policy > 0:
-            if self.task != "causal_lm":
-                raise DistillError("loss.on_policy: on-policy distillation is for task causal_lm")
-            if self.teacher.cache:
-                raise DistillError(
-                    "loss.on_policy: the teacher scores the student's own samples as they come, so it "
-                    "cannot be cached; set teacher.cache=false"
-                )
-            if not self.data.prompt_column:
-                raise DistillError("loss.on_policy: the student completes prompts; set data.prompt_column")
+        from distill import tasks  # the task's own rules: its columns, the losses it takes
+
+        tasks.TASKS[self.task].check_recipe(self)
         if self.teacher.cache and self.loss.hidden_weight > 0:
             raise DistillError(
                 "teacher.cache: the store keeps the teacher's outputs, not its hidden states; "

@@ -20,9 +20,9 @@ from torch import nn
 from distill import atomic
 from distill.artefacts import TOLERANCE
 from distill.errors import DistillError, RunFailed
+from distill.tasks import TASKS
 
 ADAPTER_SUFFIX = "_adapter"  # OUTPUT/student_adapter, OUTPUT/baseline_adapter
-TASK_TYPES = {"classification": "SEQ_CLS", "translation": "SEQ_2_SEQ_LM", "causal_lm": "CAUSAL_LM"}
 
 
 def wrap(model: nn.Module, settings: Any, task: str, seed: int = 0) -> nn.Module:
@@ -36,7 +36,7 @@ def wrap(model: nn.Module, settings: Any, task: str, seed: int = 0) -> nn.Module
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=settings.target_modules or None,
-        task_type=TASK_TYPES[task],
+        task_type=TASKS[task].PEFT_TASK_TYPE,
     )
     try:
         with torch.random.fork_rng(devices=[]):

@@ -14,6 +14,7 @@ import pickle
 import re
 from collections.abc import Callable
 from pathlib import Path
+from types import MethodType, SimpleNamespace
 from typing import Any
 
 import torch
@@ -438,3 +439,64 @@ def teacher_head(model: nn.Module, inputs: dict[str, torch.Tensor]) -> TeacherHe
         return out + bias.to(out.dtype) if bias is not None else out
 
     return TeacherHead(captured["hidden"], logits)
+
+
+# ----------------------------------------------------------------------------- encoder-decoders
+
+
+def decoder_inputs_builder(config: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The family's own way to build decoder inputs from labels (padding -100).
+
+    It is the model class's ``prepare_decoder_input_ids_from_labels``, called on the config alone
+    so that the collator needs no model: BART, Marian, Pegasus put the decoder start token before
+    the labels shifted right; T5 does the same through ``_shift_right``; MBart, PLBart and FSMT
+    move the last token of each target (the end or language token) to the front. A family without
+    the method gets the first rule, which needs ``decoder_start_token_id``.
+    """
+    from transformers import AutoModelForSeq2SeqLM
+
+    cls = AutoModelForSeq2SeqLM._model_mapping.get(type(config), None)
+    method = getattr(cls, "prepare_decoder_input_ids_from_labels", None) if cls is not None else None
+    if method is None:
+        start, pad = getattr(config, "decoder_start_token_id", None), config.pad_token_id
+        if start is None or pad is None:
+            raise DistillError(
+                f"{config.model_type}: the config names no decoder_start_token_id (or pad_token_id), "
+                "so the decoder's first input is unknown; set it in config.json"
+            )
+
+        def shift(labels: torch.Tensor) -> torch.Tensor:
+            decoder = torch.full_like(labels, pad)
+            decoder[:, 0] = start
+            decoder[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad)
+            return decoder
+
+        return shift
+    holder = SimpleNamespace(config=config)  # the methods read nothing but ``self.config``
+    if hasattr(cls, "_shift_right"):
+        holder._shift_right = MethodType(cls._shift_right, holder)
+
+    def family_shift(labels: torch.Tensor) -> torch.Tensor:
+        try:
+            return method(holder, labels=labels)
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise DistillError(
+                f"{config.model_type}: decoder inputs cannot be built from the labels: "
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+            ) from None
+
+    return family_shift
+
+
+def generation_start(model: Any) -> int | None:
+    """The token ``generate()`` starts the decoder with: the generation config's decoder start
+    token, else its beginning-of-sequence token (as transformers falls back)."""
+    gen = getattr(model, "generation_config", None)
+    for source in (gen, model.config):
+        if source is None:
+            continue
+        for name in ("decoder_start_token_id", "bos_token_id"):
+            value = getattr(source, name, None)
+            if value is not None:
+                return int(value)
+    return None

@@ -21,7 +21,6 @@ from datasets import Dataset
 from safetensors.torch import load_file
 
 from distill import teacher_store
-from distill.tasks.translation import generation_start
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +37,13 @@ def pseudo_targets(
     *,
     settings: dict[str, Any],
     batch_size: int,
+    task: Any,
     chunk_size: int = 1024,
-    task: Any = None,
 ) -> Dataset:
     """``train`` (tokenized: input_ids, attention_mask, labels) with the teacher's outputs as labels.
 
-    ``task`` (default translation) may generate and lay out the targets its own way
-    (``teacher_targets``, ``with_targets``: causal_lm completes the prompts).
+    The task generates the targets and lays them out (``teacher_targets``, ``with_targets``:
+    translation translates the sources, causal_lm completes the prompts).
 
     ``settings`` (beams, length limit, ...) is recorded with the teacher's and the data's
     fingerprints; a finished folder made otherwise is an error rather than silently reused.
@@ -67,9 +66,7 @@ def pseudo_targets(
         shard = load_file(str(folder / name))
         tokens, offsets = shard["tokens"].tolist(), shard["offsets"].tolist()
         outputs += [tokens[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-    if task is not None and hasattr(task, "with_targets"):
-        return task.with_targets(train, outputs)
-    return train.remove_columns("labels").add_column("labels", outputs)
+    return task.with_targets(train, outputs)
 
 
 def _generate(
@@ -80,7 +77,7 @@ def _generate(
     collate: Callable,
     settings: dict[str, Any],
     batch_size: int,
-    task: Any = None,
+    task: Any,
 ) -> list[list[int]]:
     """The teacher's outputs for ``rows``, in order (this process generates them all)."""
     outputs: list[list[int]] = []
@@ -88,34 +85,8 @@ def _generate(
     with torch.inference_mode(), accelerator.autocast():  # the teacher in the run's precision
         for start in range(0, len(rows), batch_size):
             batch = collate([train[i] for i in rows[start : start + batch_size]])
-            if task is not None and hasattr(task, "teacher_targets"):
-                batch = {
-                    k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v
-                    for k, v in batch.items()
-                }
-                outputs += task.teacher_targets(teacher, batch, settings)
-                continue
-            generated = teacher.generate(
-                input_ids=batch["input_ids"].to(accelerator.device),
-                attention_mask=batch["attention_mask"].to(accelerator.device),
-                num_beams=settings["num_beams"],
-                max_new_tokens=settings["max_new_tokens"],
-                do_sample=False,
-            )
-            outputs += [_clean(seq, teacher) for seq in generated.tolist()]
+            batch = {
+                k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+            }
+            outputs += task.teacher_targets(teacher, batch, settings)
     return outputs
-
-
-def _clean(sequence: list[int], model: Any) -> list[int]:
-    """A generated sequence as training labels: no decoder start token (the one ``generate()``
-    started with), nothing after the end token."""
-    start = generation_start(model)
-    eos = model.config.eos_token_id
-    pad = model.config.pad_token_id
-    if sequence and sequence[0] == start:
-        sequence = sequence[1:]
-    if eos in sequence:
-        sequence = sequence[: sequence.index(eos) + 1]
-    else:
-        sequence = [t for t in sequence if t != pad] + [eos]
-    return sequence

@@ -191,7 +191,7 @@ def _run(
             task.model_inputs,
             store_folder(cfg),
             settings=store_settings(cfg),
-            top_k=cfg.teacher.cache_top_k if cfg.task != "classification" else 0,
+            top_k=cfg.teacher.cache_top_k if task.TOKEN_LEVEL else 0,
             temperature=cfg.loss.temperature,
             batch_size=cfg.eval.batch_size,
             chunk=cfg.teacher.cache_shard_size,

@@ -14,8 +14,8 @@ from transformers import AutoConfig
 
 from distill.config import RecipeConfig, to_dict
 from distill.errors import DistillError
-from distill.modeling import teacher_dtype
-from distill.tasks.translation import decoder_inputs_builder
+from distill.modeling import decoder_inputs_builder, teacher_dtype
+from distill.tasks import TASKS
 from distill.tokenizer_training import check_round_trip, train_tokenizer
 
 
@@ -103,7 +103,7 @@ def store_settings(cfg: RecipeConfig) -> dict[str, Any]:
         "train.mixed_precision": cfg.train.mixed_precision or "no",  # the teacher runs under its autocast
         "data.max_length": cfg.data.max_length,
     }
-    if cfg.task != "classification":  # top-k log-probabilities at the recipe's temperature
+    if TASKS[cfg.task].TOKEN_LEVEL:  # top-k log-probabilities at the recipe's temperature
         settings.update(
             {
                 "data.max_target_length": cfg.data.max_target_length,

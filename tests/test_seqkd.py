@@ -24,7 +24,15 @@ def test_pseudo_targets_are_the_teachers_beam_outputs(tmp_path, translation_toke
 
     teacher, train, collate, settings = pseudo_setup(tmp_path, translation_tokenized)
     out = seqkd.pseudo_targets(
-        Accelerator(), teacher, train, collate, tmp_path / "p", settings=settings, batch_size=8, chunk_size=8
+        Accelerator(),
+        teacher,
+        train,
+        collate,
+        tmp_path / "p",
+        settings=settings,
+        batch_size=8,
+        chunk_size=8,
+        task=task,
     )
     assert len(out) == 20 and out["input_ids"] == train["input_ids"]
     batch = {k: v.to(teacher.device) for k, v in collate([train[i] for i in range(3)]).items()}
@@ -56,6 +64,7 @@ def test_pseudo_target_generation_resumes_and_is_reused(tmp_path, translation_to
         settings=settings,
         batch_size=8,
         chunk_size=8,
+        task=task,
     )
 
     real, calls = seqkd._generate, []
@@ -77,6 +86,7 @@ def test_pseudo_target_generation_resumes_and_is_reused(tmp_path, translation_to
             settings=settings,
             batch_size=8,
             chunk_size=8,
+            task=task,
         )
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
         "settings.json",
@@ -89,14 +99,30 @@ def test_pseudo_target_generation_resumes_and_is_reused(tmp_path, translation_to
     calls.clear()
     monkeypatch.setattr(seqkd, "_generate", lambda *a, **k: calls.append(1) or real(*a, **k))
     resumed = seqkd.pseudo_targets(
-        Accelerator(), teacher, train, collate, tmp_path / "p", settings=settings, batch_size=8, chunk_size=8
+        Accelerator(),
+        teacher,
+        train,
+        collate,
+        tmp_path / "p",
+        settings=settings,
+        batch_size=8,
+        chunk_size=8,
+        task=task,
     )
     assert len(calls) == 1  # only the missing third chunk (20 examples, chunks of 8)
     assert resumed["labels"] == reference["labels"] and resumed["input_ids"] == reference["input_ids"]
 
     calls.clear()
     again = seqkd.pseudo_targets(
-        Accelerator(), teacher, train, collate, tmp_path / "p", settings=settings, batch_size=8, chunk_size=8
+        Accelerator(),
+        teacher,
+        train,
+        collate,
+        tmp_path / "p",
+        settings=settings,
+        batch_size=8,
+        chunk_size=8,
+        task=task,
     )
     assert calls == [] and again["labels"] == reference["labels"]  # a finished set is reused
 
@@ -110,6 +136,7 @@ def test_pseudo_target_generation_resumes_and_is_reused(tmp_path, translation_to
             settings={**settings, "num_beams": 3},
             batch_size=8,
             chunk_size=8,
+            task=task,
         )
 
     # Unfinished chunks made with other settings are never mixed into a set.
@@ -126,12 +153,21 @@ def test_pseudo_target_generation_resumes_and_is_reused(tmp_path, translation_to
             settings=settings,
             batch_size=8,
             chunk_size=8,
+            task=task,
         )
     calls.clear()
     monkeypatch.setattr(seqkd, "_generate", lambda *a, **k: calls.append(1) or real(*a, **k))
     other = {**settings, "num_beams": 1}
     seqkd.pseudo_targets(
-        Accelerator(), teacher, train, collate, tmp_path / "p", settings=other, batch_size=8, chunk_size=8
+        Accelerator(),
+        teacher,
+        train,
+        collate,
+        tmp_path / "p",
+        settings=other,
+        batch_size=8,
+        chunk_size=8,
+        task=task,
     )
     assert len(calls) == 3  # every chunk made anew, none of the two left by the other settings
 

@@ -1,4 +1,4 @@
-"""Task families. Each module offers the same few names; see ``classification`` for the list."""
+"""Task families. Each module implements the protocol of :mod:`distill.tasks.base`."""
 
 from distill.tasks import causal_lm, classification, translation
 

@@ -37,7 +37,34 @@ PROMPT = "prompt_ids"  # held-out splits: the prompt's tokens, what generation s
 PRIMARY_METRIC = "chrf"
 PIPELINE_TAG = "text-generation"
 ALIGNED_LABELS = True  # labels are the inputs shifted by one (checks stretch them with the inputs)
+ENCODER_DECODER = False
+TOKEN_LEVEL = True  # one output per target token: the teacher store keeps its top-k
+PEFT_TASK_TYPE = "CAUSAL_LM"
 STATS = 2  # eval_step's predictions: [negative log-likelihood sum, target tokens, generated ids...]
+
+
+def check_recipe(cfg: Any) -> None:
+    """The recipe's rules for this task: prompt and completion columns, the losses it takes."""
+    d = cfg.data
+    if bool(d.prompt_column) != bool(d.completion_column):
+        raise DistillError(
+            "data: causal_lm takes data.prompt_column with data.completion_column, or neither "
+            "(data.text_column: every token is a target)"
+        )
+    if cfg.loss.hidden_weight > 0:
+        raise DistillError("loss.hidden_weight: hidden-state losses are for classification only, so far")
+    if cfg.loss.on_policy > 0:
+        if cfg.teacher.cache:
+            raise DistillError(
+                "loss.on_policy: the teacher scores the student's own samples as they come, so it "
+                "cannot be cached; set teacher.cache=false"
+            )
+        if not d.prompt_column:
+            raise DistillError("loss.on_policy: the student completes prompts; set data.prompt_column")
+
+
+def check_models(models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any) -> None:
+    """Nothing beyond the forward pass every task's models are tried on."""
 
 
 def usage_snippet(path: str) -> str:
@@ -385,11 +412,12 @@ def teacher_targets(model: Any, batch: dict[str, Any], settings: dict[str, Any])
     return outputs
 
 
-def with_targets(train: Any, completions: list[list[int]]) -> Any:
-    """``train`` with each prompt followed by the given completion (labels on the completion)."""
+def with_targets(train: Any, targets: list[list[int]]) -> Any:
+    """``train`` with each prompt followed by the given completion (``targets``; labels on the
+    completion)."""
     prompts = train[PROMPT]
     columns: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
-    for p, c in zip(prompts, completions, strict=True):
+    for p, c in zip(prompts, targets, strict=True):
         columns["input_ids"].append(p + c)
         columns["attention_mask"].append([1] * (len(p) + len(c)))
         columns["labels"].append(completion_labels(p, c))

@@ -25,6 +25,42 @@ PRIMARY_METRIC = "accuracy"
 PIPELINE_TAG = "text-classification"
 
 
+ENCODER_DECODER = False
+TOKEN_LEVEL = False  # one output per example: the teacher store keeps every class's log-probability
+ALIGNED_LABELS = False  # labels are not the inputs shifted
+PEFT_TASK_TYPE = "SEQ_CLS"
+
+
+def check_recipe(cfg: Any) -> None:
+    """The recipe's rules for this task (beyond each section's own): what it cannot take."""
+    if cfg.loss.sequence_kd:
+        raise DistillError("loss.sequence_kd: sequence-level KD is for translation and causal_lm")
+    if cfg.loss.on_policy > 0:
+        raise DistillError("loss.on_policy: on-policy distillation is for task causal_lm")
+
+
+def check_models(models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any) -> None:
+    """Nothing beyond the forward pass every task's models are tried on."""
+
+
+def teacher_targets(model: Any, batch: dict[str, Any], settings: dict[str, Any]) -> list[list[int]]:
+    raise DistillError("loss.sequence_kd: sequence-level KD is for translation and causal_lm")
+
+
+def with_targets(train: Any, targets: list[list[int]]) -> Any:
+    raise DistillError("loss.sequence_kd: sequence-level KD is for translation and causal_lm")
+
+
+def row_seeds(seed: int, step: int, rows: list[int]) -> list[int]:
+    raise DistillError("loss.on_policy: on-policy distillation is for task causal_lm")
+
+
+def sample_completions(
+    model: Any, batch: dict[str, Any], *, seeds: list[int], temperature: float, max_new_tokens: int
+) -> dict[str, Any]:
+    raise DistillError("loss.on_policy: on-policy distillation is for task causal_lm")
+
+
 def usage_snippet(path: str) -> str:
     """How a user loads and runs a model folder of this task with plain transformers."""
     return (

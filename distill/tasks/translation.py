@@ -9,8 +9,6 @@ the tokenized labels, which lose unknown words and are cut at ``data.max_target_
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from types import MethodType, SimpleNamespace
 from typing import Any
 
 import sacrebleu
@@ -20,6 +18,7 @@ from transformers import AutoModelForSeq2SeqLM
 
 from distill.config import DataConfig
 from distill.errors import DistillError
+from distill.modeling import decoder_inputs_builder, generation_start
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +26,72 @@ MODEL_CLASS = AutoModelForSeq2SeqLM
 REFERENCE = "reference"  # held-out splits: the raw target text
 PRIMARY_METRIC = "bleu"
 PIPELINE_TAG = "translation"
+
+
+ENCODER_DECODER = True
+TOKEN_LEVEL = True  # one output per target token: the teacher store keeps its top-k
+ALIGNED_LABELS = False  # labels are the target, apart from the inputs
+PEFT_TASK_TYPE = "SEQ_2_SEQ_LM"
+
+
+def check_recipe(cfg: Any) -> None:
+    """The recipe's rules for this task: where source and target come from, the losses it takes."""
+    d = cfg.data
+    if d.translation_column:
+        if not (d.source_lang and d.target_lang):
+            raise DistillError("data.source_lang / data.target_lang: required with data.translation_column")
+    elif not (d.source_column and d.target_column):
+        raise DistillError(
+            "data: translation needs data.source_column and data.target_column, "
+            "or data.translation_column with data.source_lang and data.target_lang"
+        )
+    if cfg.loss.hidden_weight > 0:
+        raise DistillError("loss.hidden_weight: hidden-state losses are for classification only, so far")
+    if cfg.loss.on_policy > 0:
+        raise DistillError("loss.on_policy: on-policy distillation is for task causal_lm")
+
+
+def teacher_targets(model: Any, batch: dict[str, Any], settings: dict[str, Any]) -> list[list[int]]:
+    """Sequence-level KD: the teacher's translations of the batch's sources (beam search with the
+    recipe's beams), each without the decoder start token and ending with the end token."""
+    generated = model.generate(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        num_beams=settings["num_beams"],
+        max_new_tokens=settings["max_new_tokens"],
+        do_sample=False,
+    )
+    return [_clean(sequence, model) for sequence in generated.tolist()]
+
+
+def _clean(sequence: list[int], model: Any) -> list[int]:
+    """A generated sequence as training labels: no decoder start token (the one ``generate()``
+    started with), nothing after the end token."""
+    start = generation_start(model)
+    eos = model.config.eos_token_id
+    pad = model.config.pad_token_id
+    if sequence and sequence[0] == start:
+        sequence = sequence[1:]
+    if eos in sequence:
+        sequence = sequence[: sequence.index(eos) + 1]
+    else:
+        sequence = [t for t in sequence if t != pad] + [eos]
+    return sequence
+
+
+def with_targets(train: Any, targets: list[list[int]]) -> Any:
+    """``train`` with the given token ids as its labels."""
+    return train.remove_columns("labels").add_column("labels", targets)
+
+
+def row_seeds(seed: int, step: int, rows: list[int]) -> list[int]:
+    raise DistillError("loss.on_policy: on-policy distillation is for task causal_lm")
+
+
+def sample_completions(
+    model: Any, batch: dict[str, Any], *, seeds: list[int], temperature: float, max_new_tokens: int
+) -> dict[str, Any]:
+    raise DistillError("loss.on_policy: on-policy distillation is for task causal_lm")
 
 
 def usage_snippet(path: str) -> str:
@@ -131,62 +196,6 @@ def tokenize(splits: DatasetDict, tokenizer: Any, cfg: DataConfig) -> DatasetDic
                 )
         out[split] = tokenized.remove_columns(["source_truncated", "target_truncated"])
     return out
-
-
-def decoder_inputs_builder(config: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The family's own way to build decoder inputs from labels (padding -100).
-
-    It is the model class's ``prepare_decoder_input_ids_from_labels``, called on the config alone
-    so that the collator needs no model: BART, Marian, Pegasus put the decoder start token before
-    the labels shifted right; T5 does the same through ``_shift_right``; MBart, PLBart and FSMT
-    move the last token of each target (the end or language token) to the front. A family without
-    the method gets the first rule, which needs ``decoder_start_token_id``.
-    """
-    cls = AutoModelForSeq2SeqLM._model_mapping.get(type(config), None)
-    method = getattr(cls, "prepare_decoder_input_ids_from_labels", None) if cls is not None else None
-    if method is None:
-        start, pad = getattr(config, "decoder_start_token_id", None), config.pad_token_id
-        if start is None or pad is None:
-            raise DistillError(
-                f"{config.model_type}: the config names no decoder_start_token_id (or pad_token_id), "
-                "so the decoder's first input is unknown; set it in config.json"
-            )
-
-        def shift(labels: torch.Tensor) -> torch.Tensor:
-            decoder = torch.full_like(labels, pad)
-            decoder[:, 0] = start
-            decoder[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad)
-            return decoder
-
-        return shift
-    holder = SimpleNamespace(config=config)  # the methods read nothing but ``self.config``
-    if hasattr(cls, "_shift_right"):
-        holder._shift_right = MethodType(cls._shift_right, holder)
-
-    def family_shift(labels: torch.Tensor) -> torch.Tensor:
-        try:
-            return method(holder, labels=labels)
-        except (ValueError, TypeError, RuntimeError) as e:
-            raise DistillError(
-                f"{config.model_type}: decoder inputs cannot be built from the labels: "
-                f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
-            ) from None
-
-    return family_shift
-
-
-def generation_start(model: Any) -> int | None:
-    """The token ``generate()`` starts the decoder with: the generation config's decoder start
-    token, else its beginning-of-sequence token (as transformers falls back)."""
-    gen = getattr(model, "generation_config", None)
-    for source in (gen, model.config):
-        if source is None:
-            continue
-        for name in ("decoder_start_token_id", "bos_token_id"):
-            value = getattr(source, name, None)
-            if value is not None:
-                return int(value)
-    return None
 
 
 def check_models(models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any) -> None:
