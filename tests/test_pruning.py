@@ -510,7 +510,7 @@ def test_pruned_in_bf16_under_accelerate_launch_as_in_one_process(tmp_path, data
         save_tiny_bert(tmp_path / "teacher"),
         data_csv,
         tmp_path / "unused",
-        student={"init": "prune", "prune": {"intermediate": 0.5, "calibration_examples": 24}},
+        student={"init": "prune", "prune": {"intermediate": 0.5, "hidden": 0.5, "calibration_examples": 24}},
         train={"steps": 2},
         eval={"latency": False},
     )
@@ -532,6 +532,7 @@ def test_pruned_in_bf16_under_accelerate_launch_as_in_one_process(tmp_path, data
     assert a["student_init"] == b["student_init"] and b["student_init"]["pruned"]["intermediate"] == {
         "layers": 32
     }
+    assert b["student_init"]["pruned"]["hidden"] == 16  # half the channels, one of the two heads
     report = read_report(two)
     assert report["mixed_precision"] == "bf16"
     assert report["by_name"]["student"]["precision"] == "bf16 autocast"
