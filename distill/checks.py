@@ -288,3 +288,17 @@ def trackers_installed(cfg: RecipeConfig) -> None:
         module, package = TRACKER_PACKAGES[name]
         if importlib.util.find_spec(module) is None:
             raise DistillError(f"train.report_to: {name} is not installed here (pip install {package})")
+
+
+def cpu_processes() -> bool:
+    """Several processes (torchrun, accelerate launch) on a machine without GPUs: gloo on CPU.
+
+    Accelerate only treats a launched process as one of several CPU processes when told to use
+    the CPU; otherwise each would train alone on the whole data.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (
+        world > 1
+        and not torch.cuda.is_available()
+        and not (hasattr(torch, "xpu") and torch.xpu.is_available())
+    )

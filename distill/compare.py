@@ -19,7 +19,6 @@ from distill.metrics import load_metric
 from distill.modeling import check_same_tokenizer, freeze, load_pretrained, resolve_path
 from distill.report import console_summary, write_report
 from distill.run_folder import BASELINE_DIR, STUDENT_DIR, TEACHER_DIR
-from distill.stages import _cpu_processes
 
 REMEDY = "write the report elsewhere with --out"
 
@@ -81,7 +80,7 @@ def evaluate_saved(
         load_metric(name)
 
     # Measured in the precision the models were trained in (the recipe's, else the launcher's).
-    accelerator = Accelerator(cpu=_cpu_processes(), mixed_precision=checks.mixed_precision(cfg))
+    accelerator = Accelerator(cpu=checks.cpu_processes(), mixed_precision=checks.mixed_precision(cfg))
     entries = [
         Entry(
             "teacher",

@@ -70,7 +70,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False, callbacks: Sequence[Callback
     # resume under another launcher setting is refused as a changed setting.
     cfg = checks.with_precision(cfg)
     accelerator = Accelerator(
-        cpu=_cpu_processes(),
+        cpu=checks.cpu_processes(),
         mixed_precision=cfg.train.mixed_precision,
         log_with=trackers(cfg) or None,
         project_dir=cfg.output.dir,
@@ -441,20 +441,6 @@ def _teacher_source(cfg: RecipeConfig) -> str:
     if cfg.teacher.stage.enabled:
         return str(Path(cfg.output.dir) / TEACHER_DIR)
     return cfg.teacher.name_or_path
-
-
-def _cpu_processes() -> bool:
-    """Several processes (torchrun, accelerate launch) on a machine without GPUs: gloo on CPU.
-
-    Accelerate only treats a launched process as one of several CPU processes when told to use
-    the CPU; otherwise each would train alone on the whole data.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return (
-        world > 1
-        and not torch.cuda.is_available()
-        and not (hasattr(torch, "xpu") and torch.xpu.is_available())
-    )
 
 
 def quiet_libraries() -> None:
