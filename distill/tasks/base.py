@@ -15,6 +15,8 @@ from typing import Any, Protocol
 import torch
 from datasets import DatasetDict
 
+from distill.errors import DistillError
+
 
 class Task(Protocol):
     """A task family: how its data becomes batches, what its models are, how it is measured."""
@@ -98,3 +100,17 @@ def members() -> tuple[list[str], list[str]]:
     constants = [name for name in Task.__annotations__]
     functions = [name for name, value in vars(Task).items() if callable(value) and not name.startswith("_")]
     return constants, functions
+
+
+# What the tasks without on-policy sampling (all but causal_lm) give for its two hooks.
+ON_POLICY_ONLY = "loss.on_policy: on-policy distillation is for task causal_lm"
+
+
+def no_row_seeds(seed: int, step: int, rows: list[int]) -> list[int]:
+    raise DistillError(ON_POLICY_ONLY)
+
+
+def no_sample_completions(
+    model: Any, batch: dict[str, Any], *, seeds: list[int], temperature: float, max_new_tokens: int
+) -> dict[str, Any]:
+    raise DistillError(ON_POLICY_ONLY)

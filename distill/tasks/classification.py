@@ -19,6 +19,7 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 
 from distill.config import DataConfig
 from distill.errors import DistillError
+from distill.tasks import base
 
 MODEL_CLASS = AutoModelForSequenceClassification
 PRIMARY_METRIC = "accuracy"
@@ -29,6 +30,9 @@ ENCODER_DECODER = False
 TOKEN_LEVEL = False  # one output per example: the teacher store keeps every class's log-probability
 ALIGNED_LABELS = False  # labels are not the inputs shifted
 PEFT_TASK_TYPE = "SEQ_CLS"
+# No on-policy sampling (loss.on_policy is for causal_lm): refused in one line.
+row_seeds = base.no_row_seeds
+sample_completions = base.no_sample_completions
 
 
 def check_recipe(cfg: Any) -> None:
@@ -49,16 +53,6 @@ def teacher_targets(model: Any, batch: dict[str, Any], settings: dict[str, Any])
 
 def with_targets(train: Any, targets: list[list[int]]) -> Any:
     raise DistillError("loss.sequence_kd: sequence-level KD is for translation and causal_lm")
-
-
-def row_seeds(seed: int, step: int, rows: list[int]) -> list[int]:
-    raise DistillError("loss.on_policy: on-policy distillation is for task causal_lm")
-
-
-def sample_completions(
-    model: Any, batch: dict[str, Any], *, seeds: list[int], temperature: float, max_new_tokens: int
-) -> dict[str, Any]:
-    raise DistillError("loss.on_policy: on-policy distillation is for task causal_lm")
 
 
 def usage_snippet(path: str) -> str:

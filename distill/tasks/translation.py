@@ -19,6 +19,7 @@ from transformers import AutoModelForSeq2SeqLM
 from distill.config import DataConfig
 from distill.errors import DistillError
 from distill.modeling import decoder_inputs_builder, generation_start
+from distill.tasks import base
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ ENCODER_DECODER = True
 TOKEN_LEVEL = True  # one output per target token: the teacher store keeps its top-k
 ALIGNED_LABELS = False  # labels are the target, apart from the inputs
 PEFT_TASK_TYPE = "SEQ_2_SEQ_LM"
+# No on-policy sampling (loss.on_policy is for causal_lm): refused in one line.
+row_seeds = base.no_row_seeds
+sample_completions = base.no_sample_completions
 
 
 def check_recipe(cfg: Any) -> None:
@@ -82,16 +86,6 @@ def _clean(sequence: list[int], model: Any) -> list[int]:
 def with_targets(train: Any, targets: list[list[int]]) -> Any:
     """``train`` with the given token ids as its labels."""
     return train.remove_columns("labels").add_column("labels", targets)
-
-
-def row_seeds(seed: int, step: int, rows: list[int]) -> list[int]:
-    raise DistillError("loss.on_policy: on-policy distillation is for task causal_lm")
-
-
-def sample_completions(
-    model: Any, batch: dict[str, Any], *, seeds: list[int], temperature: float, max_new_tokens: int
-) -> dict[str, Any]:
-    raise DistillError("loss.on_policy: on-policy distillation is for task causal_lm")
 
 
 def usage_snippet(path: str) -> str:
