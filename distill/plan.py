@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from distill import checks, lora, memory, tasks, teacher_store
 from distill.artefacts import is_model_folder, read_record
-from distill.config import RecipeConfig, check_against_teacher
+from distill.config import FinetuneConfig, RecipeConfig, check_against_teacher, to_dict
 from distill.data import load_raw
 from distill.errors import DistillError
 from distill.metrics import load_metric
@@ -79,7 +79,10 @@ def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
         if isinstance(recorded, dict):
             # Teachers saved before the precision was recorded were trained in float32: a bf16
             # stage could not finish then (its reload check failed before the marker was written).
-            recorded = {"train.mixed_precision": "no", **recorded}
+            # A stage setting added since (say, group_by_length) had its default then.
+            stage = "train" if cfg.teacher.architecture else "finetune"
+            added = {f"teacher.{stage}.{k}": v for k, v in to_dict(FinetuneConfig()).items()}
+            recorded = {**added, "train.mixed_precision": "no", **recorded}
         current = stage_settings(cfg)
         if recorded != current:
             recorded = recorded if isinstance(recorded, dict) else {}

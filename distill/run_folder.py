@@ -92,10 +92,14 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ (``output.*`` and ``train.report_to`` aside: where the folder
     and the logs are, not what the run computes)."""
     a, b = flat(old), flat(new)
+    # A key the folder's record lacks was added to the recipe since: that run had its default.
+    defaults = flat(to_dict(RecipeConfig()))
     return sorted(
         k
         for k in set(a) | set(b)
-        if not k.startswith("output.") and k not in WHERE_LOGS_GO and not json_equal(a.get(k), b.get(k))
+        if not k.startswith("output.")
+        and k not in WHERE_LOGS_GO
+        and not json_equal(a.get(k, defaults.get(k)), b.get(k))
     )
 
 

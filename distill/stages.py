@@ -373,6 +373,7 @@ def _finetune_teacher(
         mixed_precision=cfg.train.mixed_precision,
         seed=ft.seed,
         eval_every=ft.eval_every,
+        group_by_length=ft.group_by_length,
         checkpoint_every=cfg.train.checkpoint_every,
         keep_checkpoints=cfg.train.keep_checkpoints,
         log_every=cfg.train.log_every,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import (
     make_tokenizer,
     read_report,
@@ -121,6 +122,16 @@ def test_finetune_stage_saves_and_reuses_the_teacher(tmp_path, data_csv, capsys)
     again = load_file(tmp_path / "again" / "teacher" / "model.safetensors")
     assert all(torch.equal(saved[k], again[k]) for k in saved)
 
+    # A teacher saved before a stage setting existed was trained with its default: still reused.
+    marker_path = out / "teacher" / "distill_finetune.json"
+    older = json.loads(marker_path.read_text())
+    del older["settings"]["teacher.finetune.group_by_length"]
+    marker_path.write_text(json.dumps(older))
+    assert run_cli("run", recipe, "output.overwrite=true") == 0
+    assert weights.stat().st_mtime_ns == mtime
+    assert run_cli("run", recipe, "output.overwrite=true", "teacher.finetune.group_by_length=true") == 2
+    assert "(teacher.finetune.group_by_length changed)" in capsys.readouterr().err
+
     # Changed fine-tuning settings do not silently reuse the old teacher.
     assert run_cli("run", recipe, "output.overwrite=true", "teacher.finetune.steps=9") == 2
     assert "was trained with other settings (teacher.finetune.steps changed)" in capsys.readouterr().err
@@ -150,6 +161,15 @@ def test_existing_outputs_are_not_overwritten_by_accident(tmp_path, teacher_dir,
     # ... and only with the settings it was started with.
     assert run_cli("run", recipe, "train.steps=3", "--resume") == 2
     assert "was started with other settings (train.steps changed)" in capsys.readouterr().err
+    # A key added to the recipe since the folder's run began (absent from its config.yaml) had its
+    # default then: the run resumes with the default, and only with it.
+    recorded = yaml.safe_load((out / "config.yaml").read_text())
+    del recorded["train"]["group_by_length"]
+    (out / "config.yaml").write_text(yaml.safe_dump(recorded))
+    assert run_cli("run", recipe, "train.steps=2", "--resume", "train.group_by_length=true") == 2
+    assert "(train.group_by_length changed)" in capsys.readouterr().err
+    assert run_cli("run", recipe, "train.steps=2", "--resume") == 0
+    (out / "complete.json").unlink()
     assert run_cli("run", recipe, "train.steps=2", "--resume", "output.overwrite=true") == 2
     assert "choose one" in capsys.readouterr().err
     # A folder with another run's student but no record of how it was made is not written into.

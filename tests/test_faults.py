@@ -65,7 +65,16 @@ def setup(tmp_path_factory):
         data,
         tmp / "unused",
         teacher={"finetune": {"enabled": True, "steps": 6, "batch_size": 8, "learning_rate": 1e-3}},
-        train={"steps": 8, "checkpoint_every": 1, "keep_checkpoints": 2, "log_every": 3, "baseline": True},
+        # the student stages draw length-grouped batches, the teacher's stage shuffled ones: a
+        # resume must land in the same place of both orders
+        train={
+            "steps": 8,
+            "checkpoint_every": 1,
+            "keep_checkpoints": 2,
+            "log_every": 3,
+            "baseline": True,
+            "group_by_length": True,
+        },
         eval={"latency": False},
     )
     recipe = write_recipe(tmp / "r.yaml", raw)

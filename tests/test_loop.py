@@ -9,7 +9,15 @@ from datasets import Dataset, DatasetDict
 from transformers import BertForSequenceClassification
 
 from distill.config import DataConfig, LossConfig, TrainConfig
-from distill.loop import LossStep, backward_step, train
+from distill.loop import (
+    LengthGroupedSampler,
+    LossStep,
+    _batches,
+    backward_step,
+    example_lengths,
+    make_dataloader,
+    train,
+)
 from distill.losses import hard_ce
 from distill.modeling import HiddenProjection, copy_layers, freeze
 from distill.tasks import classification as task
@@ -169,3 +177,79 @@ def test_hidden_state_loss_with_projection(tokenized):
         full, batch
     )
     assert exact["hidden"].abs().item() < 1e-8  # ... but a full copy matches layer for layer
+
+
+def _lengths_data(n=203, seed=0):
+    """Rows of 1-40 tokens in random order, as a tokenized data set (plus a shuffled selection)."""
+    rng = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 41, (n,), generator=rng).tolist()
+    ds = Dataset.from_dict({"input_ids": [[7] * k for k in lengths], "labels": [0] * n})
+    return ds, lengths
+
+
+def test_example_lengths_read_the_rows_in_the_data_sets_order():
+    ds, lengths = _lengths_data()
+    assert example_lengths(ds) == lengths
+    picked = ds.select([5, 2, 9]).shuffle(seed=3)  # an indices mapping over the Arrow table
+    assert example_lengths(picked) == [len(row["input_ids"]) for row in picked]
+    pairs = Dataset.from_dict({"input_ids": [[1, 2], [3]], "labels": [[4, 5, 6], [7]]})  # translation
+    assert example_lengths(pairs) == [5, 2]
+
+
+def test_length_grouped_order_is_a_seeded_permutation_of_similar_length_batches():
+    ds, lengths = _lengths_data()
+    sampler = LengthGroupedSampler(lengths, 8, seed=5, group=4)
+    first = list(sampler)
+    assert sorted(first) == list(range(len(lengths)))  # every example once
+    assert list(LengthGroupedSampler(lengths, 8, seed=5, group=4)) == first  # the seed decides
+    sampler.set_epoch(1)
+    assert list(sampler) != first  # another order each epoch...
+    sampler.set_epoch(0)
+    assert list(sampler) == first  # ...and the same again for the same epoch
+    full = len(first) // 8 * 8
+    batches = [first[i : i + 8] for i in range(0, full, 8)]
+
+    def padded(bs):  # tokens the collator pads to: each batch to its longest row
+        return sum(len(b) * max(lengths[i] for i in b) for b in bs)
+
+    shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(5)).tolist()
+    random_batches = [shuffled[i : i + 8] for i in range(0, full, 8)]
+    assert padded(batches) < 0.75 * padded(random_batches)
+    # the batches within a group come in shuffled order, not longest first
+    group_maxima = [max(lengths[i] for i in b) for b in batches[:4]]
+    assert group_maxima != sorted(group_maxima, reverse=True)
+
+
+def test_length_grouped_batches_through_accelerate_resume_and_shard_exactly():
+    """The prepared loader: set_epoch reaches the sampler, skipping batches (a resume) lands in the
+    same sequence, and two processes take alternate batches of that same sequence."""
+    from accelerate.data_loader import prepare_data_loader
+
+    ds, lengths = _lengths_data(n=120)
+
+    def loader(processes=1, index=0):
+        dl = make_dataloader(
+            ds,
+            4,
+            lambda rows: [len(r["input_ids"]) for r in rows],
+            shuffle=True,
+            seed=3,
+            group_by_length=True,
+        )
+        return prepare_data_loader(
+            dl, num_processes=processes, process_index=index, put_on_device=False, use_seedable_sampler=True
+        )
+
+    def take(dl, n, skip=0):
+        out, gen = [], _batches(Accelerator(), dl, skip)
+        for _ in range(n):
+            out.append(next(gen))
+        return out
+
+    per_epoch = 120 // 4
+    whole = take(loader(), per_epoch + 5)  # into the second epoch
+    assert all(max(b) - min(b) <= 4 for b in whole[:per_epoch])  # similar lengths in each batch
+    assert whole[per_epoch:] != whole[:5]  # the second epoch has its own order
+    assert take(loader(), 10, skip=per_epoch - 5) == whole[per_epoch - 5 : per_epoch + 5]
+    halves = [take(loader(2, i), per_epoch // 2) for i in range(2)]
+    assert [b for pair in zip(*halves, strict=True) for b in pair] == whole[:per_epoch]
