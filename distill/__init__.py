@@ -6,7 +6,8 @@
 
 ``run``, ``validate`` and ``evaluate`` take a recipe (a name, a path, a dict or a
 ``RecipeConfig``) and, in place of its paths, objects in memory: ``teacher=`` (with its
-``tokenizer=``), ``student=`` and ``data=``. Errors raise ``DistillError`` with the command's
+``tokenizer=``), ``student=`` and ``data=``; ``run`` also takes ``callbacks=`` and ``loss_terms=``
+(:class:`LossTerm`, a loss term of your own). Errors raise ``DistillError`` with the command's
 one-line message. Everything not in ``__all__`` is internal.
 """
 
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Callback",
     "DistillError",
+    "LossTerm",
     "RecipeConfig",
     "Result",
     "Validation",
@@ -38,6 +40,10 @@ def __getattr__(name: str) -> Any:  # imported on first use: `distill --version`
         from distill.callbacks import Callback
 
         return Callback
+    if name == "LossTerm":
+        from distill.loss_step import LossTerm
+
+        return LossTerm
     if name == "RecipeConfig":
         from distill.config import RecipeConfig
 

@@ -92,13 +92,28 @@ def _raw_recipe(recipe: Any, overrides: Sequence[str]) -> dict[str, Any]:
 
 @contextmanager
 def _given(
-    recipe: Any, overrides: Sequence[str], *, teacher: Any, student: Any, tokenizer: Any, data: Any
+    recipe: Any,
+    overrides: Sequence[str],
+    *,
+    teacher: Any,
+    student: Any,
+    tokenizer: Any,
+    data: Any,
+    loss_terms: Sequence[Any] = (),
 ) -> Iterator[RecipeConfig]:
     """The checked recipe, with the objects passed from Python in place of its paths (named by
     their fingerprints); their temporary folders are removed when the block ends."""
     raw = _raw_recipe(recipe, overrides)
     references: list[str] = []
     try:
+        if isinstance(loss_terms, (str, bytes)) or not isinstance(loss_terms, Sequence):
+            raise DistillError("loss_terms=: a list of distill.LossTerm")
+        if loss_terms:
+            if _section(raw, "loss").get("terms"):
+                raise DistillError("loss_terms=: the recipe names loss.terms already; pass the terms once")
+            terms = [memory.add_loss_term(term) for term in loss_terms]
+            references.extend(terms)
+            raw["loss"] = {**_section(raw, "loss"), "terms": terms}
         if tokenizer is not None and teacher is None:
             raise DistillError(
                 "tokenizer=: passed with teacher= (the tokenizer the teacher was trained with)"
@@ -157,6 +172,7 @@ def run(
     data: Any = None,
     resume: bool = False,
     callbacks: Sequence[Any] = (),
+    loss_terms: Sequence[Any] = (),
     overrides: Sequence[str] = (),
 ) -> Result:
     """Run a recipe from start to finish, as ``distill run`` does.
@@ -166,12 +182,22 @@ def run(
     ``Dataset``, the training split, or a ``DatasetDict``) replace the recipe's paths. Every check
     of :func:`validate` runs before anything is written. ``resume=True`` finishes an interrupted run;
     given other objects than the run started with, it is refused, naming what changed.
-    ``callbacks`` are :class:`distill.Callback` instances, called on the main process.
+    ``callbacks`` are :class:`distill.Callback` instances, called on the main process;
+    ``loss_terms`` are :class:`distill.LossTerm` instances, added to the distillation stage's loss
+    (recorded in the run by name and a fingerprint of their code, so a resume with other terms is
+    refused).
     """
     from distill import stages
 
     stages.quiet_libraries()
-    with _given(recipe, overrides, teacher=teacher, student=student, tokenizer=tokenizer, data=data) as cfg:
+    given = {
+        "teacher": teacher,
+        "student": student,
+        "tokenizer": tokenizer,
+        "data": data,
+        "loss_terms": loss_terms,
+    }
+    with _given(recipe, overrides, **given) as cfg:
         results = stages.run(cfg, resume=resume, callbacks=callbacks)
     report = results.pop("report")
     return Result(Path(cfg.output.dir), report, results)
@@ -185,6 +211,7 @@ def validate(
     tokenizer: Any = None,
     data: Any = None,
     resume: bool = False,
+    loss_terms: Sequence[Any] = (),
     overrides: Sequence[str] = (),
 ) -> Validation:
     """Every check ``run`` makes before it writes anything, and nothing written: the recipe, the
@@ -196,7 +223,14 @@ def validate(
     from distill.stages import quiet_libraries
 
     quiet_libraries()
-    with _given(recipe, overrides, teacher=teacher, student=student, tokenizer=tokenizer, data=data) as cfg:
+    given = {
+        "teacher": teacher,
+        "student": student,
+        "tokenizer": tokenizer,
+        "data": data,
+        "loss_terms": loss_terms,
+    }
+    with _given(recipe, overrides, **given) as cfg:
         plan = prepare(cfg)
         folder_lock.refuse_if_held(Path(cfg.output.dir))
         run_folder.check(Path(cfg.output.dir), plan.cfg, resume=resume)

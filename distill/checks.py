@@ -253,6 +253,85 @@ def models_take_the_longest_inputs(
         )
 
 
+def loss_terms_hold(
+    cfg: RecipeConfig,
+    task: ModuleType,
+    splits: DatasetDict,
+    tokenizer: Any,
+    teacher: nn.Module,
+    student: nn.Module,
+) -> None:
+    """Each custom loss term (``loss.terms``), once on 4 training examples, keeps the built-ins'
+    contract: a 0-dim finite floating tensor, with a gradient through the student, whose values on
+    the two halves of the batch add up to its value on the whole (a sum over items, not a mean)."""
+    if not cfg.loss.terms:
+        return
+    from distill import memory
+
+    terms = [memory.loss_term(reference) for reference in cfg.loss.terms]
+    sample = Dataset.from_dict(splits["train"][:4])
+    logger = logging.getLogger(task.__name__)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        tokenized = task.tokenize(DatasetDict(train=sample), tokenizer, cfg.data)["train"]
+    finally:
+        logger.setLevel(level)
+    batch = task.collator(tokenizer, student.config)([dict(r) for r in tokenized])
+    n = len(batch["labels"])
+    halves = [{k: v[a:b] for k, v in batch.items()} for a, b in ((0, n // 2), (n // 2, n))]
+    modes = teacher.training, student.training
+    teacher.eval(), student.eval()  # no dropout: the halves must see what the whole saw
+    try:
+        for term in terms:
+            where = f"loss term '{term.name}'"
+
+            def value(
+                part: dict[str, torch.Tensor], *, grad: bool, term: Any = term, where: str = where
+            ) -> Any:
+                inputs = task.model_inputs(part)
+                hidden = {"output_hidden_states": True} if term.hidden_states else {}
+                try:
+                    with torch.no_grad():
+                        teacher_out = teacher(**inputs, **hidden)
+                    with torch.enable_grad() if grad else torch.no_grad():
+                        return term.fn(student(**inputs, **hidden), teacher_out, part)
+                except Exception as e:
+                    reason = " ".join(str(e).split())[:200] or type(e).__name__
+                    raise DistillError(
+                        f"{where} fails on a batch of {len(part['labels'])} training examples: "
+                        f"{type(e).__name__}: {reason}"
+                    ) from None
+
+            whole = value(batch, grad=True)
+            if not isinstance(whole, torch.Tensor) or whole.ndim != 0 or not whole.is_floating_point():
+                what = (
+                    f"a tensor of shape {tuple(whole.shape)}"
+                    if isinstance(whole, torch.Tensor)
+                    else type(whole).__name__
+                )
+                raise DistillError(
+                    f"{where} returns {what}; it must return a 0-dim floating tensor (the sum over the batch's items)"
+                )
+            if not torch.isfinite(whole):
+                raise DistillError(f"{where} is {whole.item()} on {n} training examples; it must be finite")
+            if not whole.requires_grad:
+                raise DistillError(
+                    f"{where} has no gradient through the student's outputs, so it cannot train it; "
+                    "compute it from student_outputs (not under torch.no_grad, not from .detach() or .item())"
+                )
+            parts = [float(value(half, grad=False)) for half in halves]
+            total, added = whole.item(), sum(parts)
+            if abs(total - added) > 1e-3 * max(abs(total), abs(added)) + 1e-12:
+                raise DistillError(
+                    f"{where} gives {total:.6g} on {n} training examples but {parts[0]:.6g} + {parts[1]:.6g} "
+                    f"= {added:.6g} on their two halves; return the term summed over the batch's items "
+                    "(the loop divides by their count), not a mean"
+                )
+    finally:
+        teacher.train(modes[0]), student.train(modes[1])
+
+
 def _stretch(ids: list[int], length: int, top: int) -> list[int]:
     """``ids`` made ``length`` long (repeating its inner tokens), one of them the highest id."""
     if len(ids) >= length:

@@ -327,8 +327,20 @@ class LossConfig:
         0.0  # causal_lm: this fraction of batches trains on completions the student samples (GKD)
     )
     on_policy_temperature: float = 1.0  # causal_lm: sampling temperature of those completions
+    terms: list[str] = field(
+        default_factory=list
+    )  # custom terms passed from Python (distill.run(..., loss_terms=[distill.LossTerm(...)])), recorded by name and fingerprint
 
     def check(self, key: str) -> None:
+        for i, term in enumerate(self.terms):
+            if not (isinstance(term, str) and term.startswith("memory:loss_term:")):
+                raise DistillError(
+                    f"{key}.terms[{i}]: custom loss terms are passed from Python "
+                    "(distill.run(..., loss_terms=[distill.LossTerm(...)])), not written in a recipe"
+                )
+        names = [term.split(":")[2] for term in self.terms]
+        if len(set(names)) != len(names):
+            raise DistillError(f"{key}.terms: two loss terms share a name ({', '.join(names)})")
         one_of(f"{key}.soft", self.soft, SOFT_LOSSES)
         # Beyond this the softened distributions are uniform to float precision: nothing to learn.
         in_range(f"{key}.temperature", self.temperature, 1e-3, MAX_TEMPERATURE)
@@ -466,6 +478,11 @@ class RecipeConfig:
             raise DistillError(
                 "teacher.cache: the store keeps the teacher's outputs, not its hidden states; "
                 "set loss.hidden_weight=0 or teacher.cache=false"
+            )
+        if self.teacher.cache and self.loss.terms:
+            raise DistillError(
+                "teacher.cache: custom loss terms read the teacher's outputs on each batch, which the "
+                "store does not keep whole; set teacher.cache=false"
             )
         if self.teacher.cache and self.loss.alpha == 0:
             raise DistillError(

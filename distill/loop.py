@@ -34,7 +34,7 @@ from distill import atomic, checkpoints
 from distill.callbacks import CallbackList
 from distill.config import TrainConfig
 from distill.errors import DistillError, RunFailed
-from distill.loss_step import LOGGED_TERMS, LossStep
+from distill.loss_step import LossStep
 from distill.metrics import compute_extra
 from distill.modeling import freeze_unsaved
 
@@ -276,7 +276,8 @@ def train(
         loss_step.teacher.to(accelerator.device)
 
     start_step, history = 0, []
-    running = torch.zeros(len(LOGGED_TERMS), device=accelerator.device)  # summed since the last log
+    summed_terms = loss_step.summed  # the built-in terms, any custom ones, and the item count
+    running = torch.zeros(len(summed_terms), device=accelerator.device)  # summed since the last log
     if accelerator.is_main_process:
         atomic.clean_leftovers(stage_dir / "checkpoints")  # what interrupted writes left behind
     accelerator.wait_for_everyone()
@@ -310,7 +311,7 @@ def train(
         for step in range(start_step + 1, cfg.steps + 1):
             micro = [next(batches) for _ in range(accum)]
             totals = backward_step(accelerator, student, loss_step, micro, seed=cfg.seed, step=step)
-            running += torch.stack([totals[k] for k in LOGGED_TERMS])
+            running += torch.stack([totals[k] for k in summed_terms])
             first_bad, grad_norm = optimizer_step(
                 accelerator,
                 optimizer,
@@ -339,7 +340,7 @@ def train(
                 entry.update(
                     {
                         f"train/{k}": v / items
-                        for k, v in zip(LOGGED_TERMS[:-1], summed[:-1], strict=True)
+                        for k, v in zip(summed_terms[:-1], summed[:-1], strict=True)
                         if k in shown
                     }
                 )
@@ -413,7 +414,7 @@ def backward_step(
         with contextlib.nullcontext() if last else accelerator.no_sync(model), accelerator.autocast():
             terms = loss_step(model, batch, on_policy=sampled)
             accelerator.backward(terms["loss"] * scale)
-        for k in LOGGED_TERMS:
+        for k in loss_step.summed:
             value = terms[k].detach().float()
             totals[k] = totals[k] + value if k in totals else value
     return totals

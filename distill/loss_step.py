@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +32,29 @@ log = logging.getLogger(__name__)
 LOGGED_TERMS = ("loss", "hard", "soft", "hidden", "items")
 
 
+@dataclasses.dataclass(frozen=True)
+class LossTerm:
+    """A loss term of your own, added to the student's loss in the distillation stage.
+
+    ``fn(student_outputs, teacher_outputs, batch)`` returns a 0-dim tensor: the term **summed**
+    over the batch's items (its examples for classification, its target tokens, ``labels != -100``,
+    for token-level tasks), as the built-in terms are; the loop divides every term by the items of
+    the whole optimizer step, on all processes, so accumulation and process count do not change
+    it. ``student_outputs`` and ``teacher_outputs`` are the models' outputs on the batch (with
+    ``hidden_states`` when ``hidden_states=True``; the teacher's computed without gradients) and
+    ``batch`` the collated batch (``labels`` included). The loss is the built-in mix plus
+    ``weight * term``; the term is logged as ``train/<name>`` per item. It is checked once on a few
+    training examples before anything is written (``validate`` too): a 0-dim finite tensor, with a
+    gradient through the student, whose values on the two halves of a batch add up to its value on
+    the whole (a mean would not).
+    """
+
+    name: str
+    fn: Callable[[Any, Any, dict[str, Tensor]], Tensor]
+    weight: float = 1.0
+    hidden_states: bool = False  # the term reads hidden states: both models return them
+
+
 class LossStep:
     """One micro-batch's loss terms, each a sum over items, plus the item count.
 
@@ -45,6 +70,7 @@ class LossStep:
         projection: HiddenProjection | None = None,
         store: TeacherStore | None = None,
         max_new_tokens: int = 64,
+        terms: tuple[LossTerm, ...] = (),
     ):
         self.task = task
         self.loss = loss
@@ -59,6 +85,10 @@ class LossStep:
         self.head_checked: bool | None = None  # the teacher's logits from its head match its own?
         self.on_policy = loss.on_policy if loss is not None and teacher is not None else 0.0
         self.max_new_tokens = max_new_tokens
+        if terms and teacher is None:
+            raise ValueError("custom loss terms need the online teacher")
+        self.terms = tuple(terms)
+        self.term_hidden = any(t.hidden_states for t in self.terms)
         # On-policy batches are scored by the divergence alone: there is no reference to compare with.
         self.soft_only = dataclasses.replace(loss, alpha=1.0) if self.on_policy else None
 
@@ -67,7 +97,13 @@ class LossStep:
         """The terms worth logging: "soft" and "hidden" only where they are used (elsewhere they
         are always 0)."""
         unused = {name for name, used in (("soft", self.use_soft), ("hidden", self.use_hidden)) if not used}
-        return tuple(k for k in LOGGED_TERMS[:-1] if k not in unused)
+        return tuple(k for k in self.summed[:-1] if k not in unused)
+
+    @property
+    def summed(self) -> tuple[str, ...]:
+        """The terms :meth:`__call__` returns, summed by the loop: the built-ins, the custom terms
+        by name, then the item count."""
+        return (*LOGGED_TERMS[:-1], *(t.name for t in self.terms), LOGGED_TERMS[-1])
 
     def _teacher_logits(self, inputs: dict[str, Tensor], chunked: bool) -> Tensor | TeacherHead:
         """The online teacher's logits; for chunked per-token KD, its last hidden states and output
@@ -120,21 +156,28 @@ class LossStep:
         labels = batch["labels"]
         inputs = {k: v for k, v in self.task.model_inputs(batch).items() if k != ROW}
         per_token_chunked = (
-            self.use_soft and labels.ndim == 2 and loss.chunk_tokens > 0 and not self.use_hidden
+            self.use_soft
+            and labels.ndim == 2
+            and loss.chunk_tokens > 0
+            and not self.use_hidden
+            and not self.terms
         )
         teacher_out = None
         teacher_logits: Tensor | TopK | TeacherHead | None = None
+        hidden = self.use_hidden or self.term_hidden
         if self.store is not None and self.use_soft:
             teacher_logits = self.store.batch(batch[ROW], labels)
-        elif self.use_hidden:
+        elif self.use_hidden or self.terms:
             assert self.teacher is not None
             # The teacher runs first, so its activations are freed before the student's are built.
-            with torch.inference_mode():
-                teacher_out = self.teacher(**inputs, output_hidden_states=True)
-            teacher_logits = teacher_out.logits
+            # Custom terms get outputs they may combine freely with the student's (no_grad, not
+            # inference_mode: an inference tensor cannot be saved for backward).
+            with torch.no_grad() if self.terms else torch.inference_mode():
+                teacher_out = self.teacher(**inputs, output_hidden_states=hidden)
+            teacher_logits = teacher_out.logits if self.use_soft or self.use_hidden else None
         elif self.use_soft:
             teacher_logits = self._teacher_logits(inputs, per_token_chunked)
-        student_out = student(**inputs, output_hidden_states=self.use_hidden)
+        student_out = student(**inputs, output_hidden_states=hidden)
         mask = labels != -100  # (batch,) for classification, (batch, target_len) for seq2seq
         items = mask.sum()
         kwargs = {"beta": loss.jsd_beta} if loss is not None and loss.soft == "jsd" else {}
@@ -164,7 +207,7 @@ class LossStep:
         zero = hard.new_zeros(())
         out = {"hard": hard, "soft": zero, "hidden": zero, "items": items}
         if teacher_logits is None:
-            out["loss"] = hard
+            out["loss"] = self._with_terms(hard, out, student_out, teacher_out, batch)
             return out
         assert loss is not None
         if self.use_soft:
@@ -189,5 +232,20 @@ class LossStep:
                 terms.append(hidden_fn(s_hidden, t_hidden, mask=token_mask))
             out["hidden"] = torch.stack(terms).mean()
             total = total + self.loss.hidden_weight * out["hidden"]
-        out["loss"] = total
+        out["loss"] = self._with_terms(total, out, student_out, teacher_out, batch)
         return out
+
+    def _with_terms(
+        self,
+        total: Tensor,
+        out: dict[str, Tensor],
+        student_out: Any,
+        teacher_out: Any,
+        batch: dict[str, Tensor],
+    ) -> Tensor:
+        """``total`` plus each custom term, weighted; each term's value goes into ``out``."""
+        for term in self.terms:
+            value = term.fn(student_out, teacher_out, batch)
+            out[term.name] = value
+            total = total + term.weight * value
+        return total

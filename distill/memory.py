@@ -1,4 +1,5 @@
-"""Objects passed from Python (a model, a tokenizer, a data set) in place of a recipe's paths.
+"""Objects passed from Python (a model, a tokenizer, a data set, a custom loss term) in place of a
+recipe's paths (and, for a loss term, beside its built-in terms).
 
 Each is named in the resolved recipe by its kind and fingerprint, ``memory:teacher:3f2a...``:
 ``config.yaml`` records what the run was given, and a resume given other objects is refused as a
@@ -24,6 +25,7 @@ PREFIX = "memory:"
 
 _folders: dict[str, str] = {}  # reference -> the temporary folder a model was saved to
 _datasets: dict[str, Any] = {}  # reference -> the DatasetDict
+_terms: dict[str, Any] = {}  # reference -> the LossTerm
 
 
 def is_reference(name: str) -> bool:
@@ -66,6 +68,61 @@ def add_data(data: Any) -> str:
     return reference
 
 
+def add_loss_term(term: Any) -> str:
+    """Keep a :class:`~distill.loss_step.LossTerm`; return its reference, named by the term's name
+    and a fingerprint of its weight, flags and code (the function's bytecode and constants; what a
+    closure or an object holds is not seen)."""
+    from distill.loss_step import LOGGED_TERMS, LossTerm
+
+    if not isinstance(term, LossTerm):
+        raise DistillError(f"loss_terms=: distill.LossTerm instances, not a {type(term).__name__}")
+    if not isinstance(term.name, str) or not term.name.isidentifier():
+        raise DistillError(
+            f"loss_terms=: a term's name is an identifier (letters, digits, _), not {term.name!r}"
+        )
+    if term.name in LOGGED_TERMS or term.name == "grad_norm":
+        raise DistillError(f"loss_terms=: '{term.name}' is a built-in term's name; choose another")
+    if not callable(term.fn):
+        raise DistillError(f"loss_terms=: the term '{term.name}' has fn={term.fn!r}, which is not callable")
+    if (
+        isinstance(term.weight, bool)
+        or not isinstance(term.weight, (int, float))
+        or not term.weight == term.weight
+    ):
+        raise DistillError(f"loss_terms=: the term '{term.name}' has weight {term.weight!r}; a number")
+    digest = hashlib.sha256(f"{term.name}\0{float(term.weight)!r}\0{bool(term.hidden_states)}\0".encode())
+    digest.update(_code_fingerprint(term.fn).encode())
+    reference = f"{PREFIX}loss_term:{term.name}:{digest.hexdigest()[:16]}"
+    _terms[reference] = term
+    return reference
+
+
+def loss_term(reference: str) -> Any:
+    if reference in _terms:
+        return _terms[reference]
+    raise DistillError(_missing(reference))
+
+
+def _code_fingerprint(fn: Any) -> str:
+    """The code a callable runs: a function's (or a method's, or an object's ``__call__``) bytecode,
+    constants and names, recursively through nested code; else its type's qualified name."""
+    import functools
+
+    if isinstance(fn, functools.partial):
+        return f"partial({_code_fingerprint(fn.func)}, {fn.args!r}, {sorted(fn.keywords.items())!r})"
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    if code is None:  # an object with __call__
+        code = getattr(vars(type(fn)).get("__call__"), "__code__", None)
+    if code is None:
+        return f"{type(fn).__module__}.{type(fn).__qualname__}"
+
+    def walk(c: Any) -> str:
+        consts = [walk(k) if hasattr(k, "co_code") else repr(k) for k in c.co_consts]
+        return f"{c.co_code.hex()}|{consts}|{c.co_names}|{c.co_varnames}"
+
+    return walk(code)
+
+
 def folder(reference: str) -> str:
     """The folder a model reference was saved to, or a one-line error saying how to pass it again."""
     if reference in _folders:
@@ -85,10 +142,16 @@ def release(references: list[str]) -> None:
         if path is not None:
             shutil.rmtree(path, ignore_errors=True)
         _datasets.pop(reference, None)
+        _terms.pop(reference, None)
 
 
 def _missing(reference: str) -> str:
     role = reference[len(PREFIX) :].partition(":")[0]
+    if role == "loss_term":
+        return (
+            f"'{reference}' names a loss term passed from Python, which this call was not given; pass "
+            "the same term again (distill.run(..., loss_terms=[...])); one with other code or weight is another term"
+        )
     return (
         f"'{reference}' names a {role} passed from Python, which this call was not given; pass the same "
         f"object again (distill.run(..., {role}=...)); one with other weights or content is another {role}"

@@ -149,6 +149,7 @@ def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
     checks.models_take_the_longest_inputs(
         cfg, task, splits, tokenizer, {"teacher": plan.teacher, "student": trial}
     )
+    checks.loss_terms_hold(cfg, task, splits, tokenizer, plan.teacher, trial)
     if cfg.student.lora.enabled:  # modules to adapt that the student lacks are refused now
         lora.wrap(trial, cfg.student.lora, cfg.task)
     return plan

@@ -62,7 +62,7 @@ def check(out: Path, cfg: RecipeConfig, *, resume: bool) -> None:
     if given:
         raise DistillError(
             f"{out} was started with another {', '.join(given)} passed from Python (its fingerprint "
-            "differs: other weights or content); resume with the same objects, or set "
+            "differs: other weights, content or code); resume with the same objects, or set "
             "output.overwrite=true to start afresh"
         )
     if changed:
@@ -129,4 +129,5 @@ def _passed_from_python(raw: dict[str, Any], dotted: str) -> bool:
         if not isinstance(node, dict):
             return False
         node = node.get(part)
-    return isinstance(node, str) and node.startswith("memory:")
+    values = node if isinstance(node, list) else [node]  # loss.terms: a list of them
+    return any(isinstance(v, str) and v.startswith("memory:") for v in values)

@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
 from datasets import DatasetDict, concatenate_datasets
 
-from distill import atomic, checks, folder_lock, lora, pruning, run_folder, teacher_store
+from distill import atomic, checks, folder_lock, lora, memory, pruning, run_folder, teacher_store
 from distill.artefacts import (
     RECORD,
     is_model_folder,
@@ -156,7 +156,12 @@ def _run(
         )
         projection = HiddenProjection(layer_map, hidden_size(student.config), hidden_size(teacher.config))
     loss_step = LossStep(
-        task, cfg.loss, teacher=teacher, projection=projection, max_new_tokens=cfg.data.max_target_length
+        task,
+        cfg.loss,
+        teacher=teacher,
+        projection=projection,
+        max_new_tokens=cfg.data.max_target_length,
+        terms=tuple(memory.loss_term(reference) for reference in cfg.loss.terms),
     )
     references = tokenized["train"]  # what the student and the baseline see of the targets
     if cfg.data.reference_examples:
