@@ -169,8 +169,45 @@ def markdown(report: dict[str, Any]) -> str:
     )
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
-    """Quality (the primary metric) against batch-1 latency, one marker per model."""
+def headline(report: dict[str, Any]) -> str:
+    """The result in one line, for the figure's title: what the student (the mean of several)
+    keeps of the teacher, at what speed, and what it gains over the no-teacher baseline."""
+    primary = report["primary_metric"]
+    floats = [m for m in report["models"] if not m.get("quantized")]  # int8 rows aside
+    teacher = next(m for m in floats if m["role"] == "teacher")
+    students = [m for m in floats if m["role"] == "student"]
+    if not students:
+        return f"teacher: {primary} {teacher['metrics'][primary]:.4f}"
+
+    def mean(rows: list[dict[str, Any]]) -> float:
+        return sum(m["metrics"][primary] for m in rows) / len(rows)
+
+    score = mean(students)
+    who = "student" if len(students) == 1 else f"the {len(students)} students"
+    base = teacher["metrics"][primary]
+    text = (
+        f"{who} {'keeps' if len(students) == 1 else 'keep'} {score / base:.1%} of the teacher's {primary}"
+        if base
+        else f"{who}: {primary} {score:.4f}"
+    )
+    mode = _main_mode(report)
+    speeds = [m["speedup"][mode] for m in students if mode and m.get("speedup")]
+    if speeds:
+        key = "batch_1" if "batch_1" in speeds[0] else next(iter(speeds[0]))
+        text += f" at {sum(s[key] for s in speeds) / len(speeds):.1f}x its speed ({key.replace('_', ' ')})"
+    baselines = [m for m in floats if m["role"] == "baseline"]
+    if baselines:
+        scale = 100 if max(m["metrics"][primary] for m in report["models"]) <= 1 else 1
+        gap = (score - mean(baselines)) * scale
+        text += f"; {gap:+.2f} points over the no-teacher baseline"
+    return text
+
+
+def figure(report: dict[str, Any]) -> Any:
+    """Quality (the primary metric) against latency per example, a panel per timed batch size
+    (or against parameters when latency was not measured). Each model is a marker with the
+    spread of its timed passes; several models of one role add their mean ± sd. The quality axis
+    starts at 0, so a small gap looks small; the title says the result."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,38 +215,82 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     primary = report["primary_metric"]
     mode = _main_mode(report)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    measured = False
-    for role in ("teacher", "student", "baseline"):
-        rows = [m for m in report["models"] if m["role"] == role]
-        if not rows:
-            continue
-        if mode is not None:
-            xs = [
-                m["latency"][mode]["batch_1"]["ms_per_example"]
-                if "batch_1" in m["latency"][mode]
-                else min(v["ms_per_example"] for v in m["latency"][mode].values())
-                for m in rows
+    settings = report.get("latency_settings")
+    keys = [f"batch_{bs}" for bs in settings["batch_sizes"]] if settings else [None]
+    fig, axes = plt.subplots(
+        1, len(keys), figsize=(5.2 * len(keys), 4.6), dpi=120, sharey=True, squeeze=False
+    )
+    top = max(m["metrics"][primary] for m in report["models"])
+    for ax, key in zip(axes[0], keys, strict=True):
+        for role, quantized in [(r, q) for r in ("teacher", "student", "baseline") for q in (False, True)]:
+            rows = [
+                m for m in report["models"] if m["role"] == role and bool(m.get("quantized")) == quantized
             ]
-            measured = True
+            if key is not None:
+                rows = [m for m in rows if key in (m.get("latency") or {}).get(mode, {})]
+            if not rows:
+                continue
+            if key is not None:
+                cells = [m["latency"][mode][key] for m in rows]
+                xs = [c["ms_per_example"] for c in cells]
+                xerr = [c["ms_per_example"] * (c.get("spread") or 0.0) / 2 for c in cells]
+            else:
+                xs, xerr = [m["parameters"] / 1e6 for m in rows], None
+            ys = [m["metrics"][primary] for m in rows]
+            ax.errorbar(
+                xs,
+                ys,
+                xerr=xerr,
+                fmt=MARKERS[role],
+                markersize=8,
+                color=COLORS[role],
+                markerfacecolor="none" if quantized else COLORS[role],  # int8 rows: hollow
+                label=f"{role} (int8)" if quantized else role,
+                capsize=3,
+                zorder=3,
+                linestyle="none",
+            )
+            for x, y, m in zip(xs, ys, rows, strict=True):
+                ax.annotate(m["name"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+            group = next((g for g in report.get("groups", []) if g["role"] == role), None)
+            if group is not None and not quantized:
+                ax.errorbar(
+                    [sum(xs) / len(xs)],
+                    [group["mean"][primary]],
+                    yerr=[group["std"][primary]],
+                    fmt="_",
+                    markersize=22,
+                    color=COLORS[role],
+                    capsize=6,
+                    elinewidth=2,
+                    zorder=4,
+                    label=f"{role} mean ± sd ({group['n']})",
+                )
+        if key is not None:
+            ax.set_xlabel(
+                f"ms per example at {key.replace('_', ' ')} ({mode}, {report['machine']['device']})"
+            )
         else:
-            xs = [m["parameters"] / 1e6 for m in rows]
-        ys = [m["metrics"][primary] for m in rows]
-        ax.scatter(xs, ys, marker=MARKERS[role], s=90, color=COLORS[role], label=role, zorder=3)
-        for x, y, m in zip(xs, ys, rows, strict=True):
-            ax.annotate(m["name"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    if measured:
-        batch = "batch 1" if "batch_1" in report["models"][0]["latency"][mode] else "smallest batch"
-        ax.set_xlabel(f"latency, ms per example ({mode}, {batch}, {report['machine']['device']})")
-    else:
-        ax.set_xlabel("parameters (M) — latency not measured")
-    ax.set_ylabel(f"{primary} ({report['split']} split)")
-    ax.set_title("Quality vs latency: teacher, students, baselines")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+            ax.set_xlabel("parameters (M); latency not measured")
+        ax.set_xlim(left=0)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel(f"{primary} ({report['split']} split)")
+    axes[0][0].set_ylim(0, top * 1.08 if top > 0 else 1)
+    axes[0][-1].legend(loc="lower right", fontsize=7)
+    fig.suptitle(headline(report), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
+    return fig
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """``report.png``: :func:`figure`, saved."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(report)
+    try:
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
 
 
 def console_summary(report: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ import shutil
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import (
@@ -54,6 +55,58 @@ def write_metric(folder: Path, kind: str = "int64", refs: str = 'datasets.Value(
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
+
+
+def check_figure(report: dict) -> None:
+    """report.png as drawn: its title says the result, a panel per timed batch size, the quality axis
+    from 0, the timing spread as error bars; several students add their mean ± sd."""
+    import copy
+
+    import matplotlib.pyplot as plt
+
+    from distill.report import figure
+
+    by = report["by_name"]
+    student, teacher, baseline = by["student"], by["teacher"], by["baseline"]
+    fig = figure(report)
+    try:
+        title = fig._suptitle.get_text()
+        kept = student["metrics"]["accuracy"] / teacher["metrics"]["accuracy"]
+        gap = 100 * (student["metrics"]["accuracy"] - baseline["metrics"]["accuracy"])
+        speed = student["speedup"]["forward"]["batch_1"]
+        assert title == (
+            f"student keeps {kept:.1%} of the teacher's accuracy at {speed:.1f}x its speed (batch 1); "
+            f"{gap:+.2f} points over the no-teacher baseline"
+        )
+        axes = fig.get_axes()
+        assert [ax.get_xlabel().split(" (")[0] for ax in axes] == [
+            "ms per example at batch 1",
+            "ms per example at batch 32",
+        ]
+        assert axes[0].get_ylim()[0] == 0 and axes[0].get_xlim()[0] == 0
+        # one error-bar series per role, each point at (ms per example, accuracy)
+        points = axes[1].lines
+        drawn = {tuple(np.round(line.get_xydata()[0], 6)) for line in points if len(line.get_xydata()) == 1}
+        for m in report["models"]:
+            cell = m["latency"]["forward"]["batch_32"]
+            assert tuple(np.round([cell["ms_per_example"], m["metrics"]["accuracy"]], 6)) in drawn
+    finally:
+        plt.close(fig)
+    # Three seeds of a student: their mean ± sd is drawn, and the title speaks of all three.
+    several = copy.deepcopy(report)
+    extra = [dict(copy.deepcopy(student), name=f"student-{i}") for i in (2, 3)]
+    several["models"] += extra
+    accs = [student["metrics"]["accuracy"]] * 3
+    several["groups"] = [
+        {"role": "student", "n": 3, "mean": {"accuracy": accs[0]}, "std": {"accuracy": 0.01}}
+    ]
+    fig = figure(several)
+    try:
+        assert fig._suptitle.get_text().startswith(f"the 3 students keep {kept:.1%}")
+        labels = fig.get_axes()[-1].get_legend_handles_labels()[1]
+        assert "student mean ± sd (3)" in labels
+    finally:
+        plt.close(fig)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +156,8 @@ def test_run_ends_with_report_files_and_model_cards(baseline_run):
     assert "without the teacher" in md
     png = (out / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+    check_figure(report)
 
     for name in ("student", "baseline"):
         card = (out / name / "README.md").read_text()
