@@ -109,6 +109,45 @@ def how_made(
     ]
 
 
+def dataset_id(cfg: RecipeConfig) -> str | None:
+    """The hub id of the recipe's data set, for a card's ``datasets`` (None for files, generated
+    data, local folders and data passed from Python)."""
+    name = cfg.data.dataset
+    if not name or name.startswith(("memory:", "pkg:")) or Path(name).exists():
+        return None
+    return name
+
+
+def data_name(cfg: RecipeConfig) -> str:
+    """The recipe's data, as a card's model-index names it."""
+    if cfg.data.dataset.startswith("memory:"):
+        return "a data set passed from Python"
+    if cfg.data.dataset:
+        return cfg.data.dataset + (f" ({cfg.data.dataset_config})" if cfg.data.dataset_config else "")
+    if cfg.data.synthetic:
+        return f"generated: {cfg.data.synthetic}"
+    return ", ".join(f"{Path(v).name}" for v in cfg.data.files.values())
+
+
+def teacher_license(source: str) -> str | None:
+    """The license in the teacher's own model card (a local folder's README.md), if it states one."""
+    from huggingface_hub import ModelCard
+
+    from distill.modeling import resolve_path
+
+    try:
+        folder = Path(resolve_path(source)) if source else None
+    except Exception:  # a hub id or a reference: no local card to read
+        return None
+    card = folder / "README.md" if folder is not None else None
+    if card is None or not card.is_file():
+        return None
+    try:
+        return ModelCard.load(card).data.license
+    except Exception:  # a README that is not a model card
+        return None
+
+
 def model_card(
     report: dict[str, Any],
     name: str,
@@ -117,21 +156,40 @@ def model_card(
     pipeline_tag: str,
     base_model: str | None,
     usage: str,
+    dataset: str | None = None,
+    dataset_name: str = "",
+    license_name: str | None = None,
 ) -> str:
-    """A model card (README.md) for one student: how it was made and what it measured."""
+    """A model card (README.md) for one student: how it was made and what it measured, with the
+    hub's metadata (``huggingface_hub.ModelCardData``: ``base_model``, ``datasets``, ``license``
+    and a ``model-index`` holding the measured results)."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
     model = next(m for m in report["models"] if m["name"] == name)
     teacher = next(m for m in report["models"] if m["role"] == "teacher")
-    front = [
-        "---",
-        "library_name: transformers",
-        f"pipeline_tag: {pipeline_tag}",
-        "tags:",
-        "- distill",
-        "- knowledge-distillation",
+    results = [
+        EvalResult(
+            task_type=pipeline_tag,
+            dataset_type=dataset or "local",
+            dataset_name=dataset_name or "the recipe's data",
+            dataset_split=report["split"],
+            metric_type=metric,
+            metric_value=round(float(model["metrics"][metric]), 6),
+        )
+        for metric in report["metrics"]
+        if model["metrics"].get(metric) is not None
     ]
-    if base_model:
-        front.append(f"base_model: {base_model}")
-    front.append("---")
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag=pipeline_tag,
+        tags=["distill", "knowledge-distillation"],
+        base_model=base_model,
+        datasets=[dataset] if dataset else None,
+        license=license_name,
+        model_name=name,
+        eval_results=results or None,
+    )
+    front = ["---", data.to_yaml(), "---"]
     primary = report["primary_metric"]
     kept = model["retained"][primary]
     summary = (
@@ -176,4 +234,4 @@ def model_card(
         "Latency depends on the machine, threads and batch size: measure on your own hardware.",
         "",
     ]
-    return "\n".join(lines)
+    return str(ModelCard("\n".join(lines)))

@@ -445,10 +445,21 @@ class OutputConfig:
 
     dir: str = ""  # output folder: config.yaml, teacher/, student/, checkpoints, logs, results.json
     overwrite: bool = False  # replace the run in dir (a fine-tuned teacher, teacher outputs stay)
+    push_to_hub: str = ""  # a hub repo id (user/name): upload the student folder, its card included, once the run has finished (needs a network and a token)
 
     def check(self, key: str) -> None:
         if not self.dir:
             raise DistillError(f"{key}.dir: required (the output folder)")
+        if self.push_to_hub:
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            try:
+                validate_repo_id(self.push_to_hub)
+            except HFValidationError:
+                raise DistillError(
+                    f"{key}.push_to_hub: '{self.push_to_hub}' is not a hub repo id (user/name: letters, "
+                    "digits, '-', '_', '.')"
+                ) from None
 
 
 @dataclass

@@ -19,7 +19,7 @@ from accelerate.utils import set_seed
 from datasets import DatasetDict
 from transformers import AutoConfig, AutoTokenizer
 
-from distill import checks, lora, memory, tasks, teacher_store
+from distill import checks, hub, lora, memory, tasks, teacher_store
 from distill.artefacts import is_model_folder, read_record
 from distill.config import FinetuneConfig, RecipeConfig, check_against_teacher, to_dict
 from distill.data import load_raw
@@ -70,6 +70,7 @@ def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
     task = tasks.TASKS[cfg.task]
     processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
     checks.output_dir(cfg.output.dir)
+    hub.check_ready(cfg.output.push_to_hub)
     out = Path(cfg.output.dir)
     finetuned = out / TEACHER_DIR
     marker = read_record(finetuned / FINETUNE_MARKER) if cfg.teacher.stage.enabled else None

@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
 from datasets import DatasetDict, concatenate_datasets
 
-from distill import atomic, checks, folder_lock, lora, memory, pruning, run_folder, teacher_store
+from distill import atomic, checks, folder_lock, hub, lora, memory, pruning, run_folder, teacher_store
 from distill.artefacts import (
     RECORD,
     is_model_folder,
@@ -33,7 +33,7 @@ from distill.artefacts import (
     write_record,
 )
 from distill.callbacks import Callback, CallbackList
-from distill.cards import describe_built, how_made, hub_id, model_card
+from distill.cards import data_name, dataset_id, describe_built, how_made, hub_id, model_card, teacher_license
 from distill.config import RecipeConfig, TrainConfig, to_dict
 from distill.errors import DistillError
 from distill.evaluation import Entry, evaluate_models
@@ -271,13 +271,22 @@ def _run(
         write_report(report, out)
         for entry in entries[1:]:
             seen = len(train_split) if entry.role == "student" else len(references)
+            pushed = cfg.output.push_to_hub if entry.name == STUDENT_DIR else ""
+            where = (
+                f"# {pushed} on the hub\n"
+                if pushed
+                else f'# "{entry.name}": the path of this folder, wherever it is copied\n'
+            )
             card = model_card(
                 report,
                 entry.name,
                 how_made=how_made(cfg, entry.role, copied, seen, accelerator.num_processes, built),
                 pipeline_tag=task.PIPELINE_TAG,
                 base_model=hub_id(cfg.teacher.name_or_path),
-                usage=task.usage_snippet(str(out / entry.name)),
+                usage=where + task.usage_snippet(pushed or entry.name),
+                dataset=dataset_id(cfg),
+                dataset_name=data_name(cfg),
+                license_name=teacher_license(cfg.teacher.name_or_path),
             )
             atomic.write_text(out / entry.name / "README.md", card)
         print(console_summary(report))
@@ -285,6 +294,8 @@ def _run(
         print(f"saved: {shipped}\nreport: {out / 'report.md'} (and report.json, report.png)")
     # Written last of all: the run is finished (a rerun is refused, not resumed).
     write_record(accelerator, out / RUN_RECORD, {"finished": True, "report": list(REPORT_FILES)})
+    if cfg.output.push_to_hub and accelerator.is_main_process:
+        print(f"uploaded: {hub.push(out / STUDENT_DIR, cfg.output.push_to_hub)}")
     results["report"] = report
     accelerator.end_training()
     return results

@@ -57,6 +57,35 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
+def check_card(folder: Path, row: dict, report: dict, copy_to: Path) -> None:
+    """The card as the hub reads it (huggingface_hub's ModelCard): its metadata and a model-index
+    holding the measured results; its usage snippet runs on a copy of the folder elsewhere."""
+    import os
+    import re
+
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(folder / "README.md")
+    data = card.data
+    assert data.library_name == "transformers" and data.pipeline_tag == "text-classification"
+    assert "knowledge-distillation" in data.tags and data.base_model is None  # a local teacher
+    assert data.model_name == folder.name
+    measured = {r.metric_type: r.metric_value for r in data.eval_results}
+    assert measured == pytest.approx(row["metrics"], abs=1e-6)
+    assert {r.dataset_split for r in data.eval_results} == {report["split"]}
+    assert {r.dataset_name for r in data.eval_results} == {"tweets.csv"}
+    # The usage snippet, run where a copy of the folder lies (nothing points back to the run).
+    code = re.search(r"```python\n(.*?)```", card.content, re.S).group(1)
+    copy_to.mkdir()
+    shutil.copytree(folder, copy_to / folder.name)
+    here = os.getcwd()
+    os.chdir(copy_to)
+    try:
+        exec(compile(code, "usage", "exec"), {})
+    finally:
+        os.chdir(here)
+
+
 def check_figure(report: dict) -> None:
     """report.png as drawn: its title says the result, a panel per timed batch size, the quality axis
     from 0, the timing spread as error bars; several students add their mean ± sd."""
@@ -120,7 +149,7 @@ def baseline_run(tmp_path_factory, teacher_dir, data_csv):
     return recipe, out
 
 
-def test_run_ends_with_report_files_and_model_cards(baseline_run):
+def test_run_ends_with_report_files_and_model_cards(baseline_run, tmp_path):
     _, out = baseline_run
     report = read_report(out)
     assert report["schema"] == "distill.report/1"
@@ -161,9 +190,9 @@ def test_run_ends_with_report_files_and_model_cards(baseline_run):
 
     for name in ("student", "baseline"):
         card = (out / name / "README.md").read_text()
-        assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-classification")
         assert "## How it was made" in card and "## Results" in card
         assert f"{report['by_name'][name]['metrics']['accuracy']:.4f}" in card
+        check_card(out / name, report["by_name"][name], report, tmp_path / name)
     assert "T²·kl(teacher ‖ student) at T = 2" in (out / "student" / "README.md").read_text()
     assert "no teacher" in (out / "baseline" / "README.md").read_text()
     results = json.loads((out / "results.json").read_text())
