@@ -85,19 +85,100 @@ def run(cfg: RecipeConfig, *, resume: bool = False, callbacks: Sequence[Callback
         lock.release()
 
 
+@dataclasses.dataclass
+class RunState:
+    """What every stage of one run shares: the launcher, the checked plan, the output folder, the
+    tokenized splits and their collator, and how the run was asked for."""
+
+    accelerator: Accelerator
+    plan: Plan
+    out: Path
+    resume: bool
+    callbacks: CallbackList
+    tokenized: DatasetDict | None = None
+    collate: Any = None
+    probe: dict[str, torch.Tensor] | None = None  # a validation batch: the reload checks run on it
+
+    @property
+    def cfg(self) -> RecipeConfig:
+        return self.plan.cfg
+
+
+@dataclasses.dataclass
+class StudentStart:
+    """The student as built, before training, and what its building measured and kept."""
+
+    model: torch.nn.Module
+    copied: list[int] | None  # the teacher's layers it took (copy_layers, prune)
+    built: dict[str, Any]  # what student.init=prune or layers=auto measured and kept
+    baseline: torch.nn.Module | None  # the same initial student, for the no-teacher baseline
+
+
+@dataclasses.dataclass
+class TrainingSignal:
+    """What the distillation stage trains on: the loss (online teacher or store) and its data."""
+
+    loss_step: LossStep
+    train_split: Any  # the student's training examples (references and/or teacher outputs)
+    references: Any  # the training examples with references: what the baseline trains on
+
+
 def _run(
     accelerator: Accelerator, cfg: RecipeConfig, resume: bool, lock: FolderLock, callbacks: CallbackList
 ) -> dict[str, Any]:
+    """The stages, in order: checks, teacher training, student building, teacher outputs,
+    student, baseline, report."""
     out = Path(cfg.output.dir)
     checks.output_dir(cfg.output.dir)
     folder_lock.refuse_if_held(out)
     run_folder.check(out, cfg, resume=resume)
     with accelerator.main_process_first():
         plan = prepare(cfg, accelerator.num_processes)
-    task, teacher = plan.task, plan.teacher
+    state = RunState(accelerator, plan, out, resume, callbacks)
 
     # --- from here on, the output folder is written ---
-    _claim(accelerator, lock, cfg, resume)
+    _open(state, lock)
+    _tokenize(state)
+    teacher = _teacher_stage(state, plan.teacher)
+    start = _build_student(state, teacher)
+    teacher = freeze(teacher, cfg.teacher.dtype).to(accelerator.device)
+    signal = _training_signal(state, teacher, start)
+    student, result = _student_stage(
+        state, "distill", start.model, signal.loss_step, signal.train_split, STUDENT_DIR
+    )
+    teacher.to(accelerator.device)  # for the report (a cached teacher was kept off the device)
+    entries = [
+        Entry("teacher", "teacher", teacher, _teacher_source(cfg)),
+        Entry("student", "student", student, str(out / STUDENT_DIR)),
+    ]
+    results: dict[str, Any] = {
+        "task": cfg.task,
+        "processes": accelerator.num_processes,
+        "labels": plan.label_names,
+        "student_layers_from_teacher": start.copied,
+        **({"student_init": start.built} if start.built else {}),
+        "train_examples": len(signal.train_split),
+        "student_validation": result.metrics,
+        "history": result.history,
+    }
+    if start.baseline is not None:
+        # The same student, data order, steps and seed; the references and cross-entropy alone.
+        baseline, baseline_result = _student_stage(
+            state, "baseline", start.baseline, LossStep(plan.task), signal.references, BASELINE_DIR
+        )
+        entries.append(Entry("baseline", "baseline", baseline, str(out / BASELINE_DIR)))
+        results["baseline_validation"] = baseline_result.metrics
+        results["baseline_history"] = baseline_result.history
+    report = _report(state, entries, results, start, signal)
+    results["report"] = report
+    accelerator.end_training()
+    return results
+
+
+def _open(state: RunState, lock: FolderLock) -> None:
+    """Claim the folder (its lock, checked again under it), write config.yaml, start the trackers."""
+    accelerator, cfg, out = state.accelerator, state.cfg, state.out
+    _claim(accelerator, lock, cfg, state.resume)
     if accelerator.is_main_process:
         run_folder.open_for_run(out, cfg)
     accelerator.wait_for_everyone()
@@ -119,40 +200,60 @@ def _run(
             "(for MLflow: MLFLOW_TRACKING_URI) and run again with --resume"
         ) from None
 
-    with accelerator.main_process_first():
-        tokenized = task.tokenize(plan.splits, plan.tokenizer, cfg.data)
-    collate = task.collator(plan.tokenizer, teacher.config)
-    eval_split = tokenized["validation"]
-    probe = collate([eval_split[i] for i in range(min(8, len(eval_split)))])  # for the reload checks
 
-    stage_name = "teacher-train" if cfg.teacher.architecture else "teacher-finetune"
-    if cfg.teacher.stage.enabled and not plan.reuse_teacher:
-        teacher = _finetune_teacher(accelerator, plan, teacher, tokenized, collate, probe, resume, callbacks)
-    if cfg.teacher.stage.enabled and plan.reuse_teacher:
-        marker = read_record(out / TEACHER_DIR / FINETUNE_MARKER) or {}
-        callbacks.on_stage_end(stage_name, out / TEACHER_DIR, marker.get("validation") or {})
+def _tokenize(state: RunState) -> None:
+    plan = state.plan
+    with state.accelerator.main_process_first():
+        state.tokenized = plan.task.tokenize(plan.splits, plan.tokenizer, state.cfg.data)
+    state.collate = plan.task.collator(plan.tokenizer, plan.teacher.config)
+    eval_split = state.tokenized["validation"]
+    state.probe = state.collate([eval_split[i] for i in range(min(8, len(eval_split)))])
 
+
+def _teacher_stage(state: RunState, teacher: torch.nn.Module) -> torch.nn.Module:
+    """The teacher fine-tuned (or trained from scratch) here, or read back from an earlier run."""
+    cfg = state.cfg
+    if not cfg.teacher.stage.enabled:
+        return teacher
+    if not state.plan.reuse_teacher:
+        return _finetune_teacher(state, teacher)
+    name = "teacher-train" if cfg.teacher.architecture else "teacher-finetune"
+    marker = read_record(state.out / TEACHER_DIR / FINETUNE_MARKER) or {}
+    state.callbacks.on_stage_end(name, state.out / TEACHER_DIR, marker.get("validation") or {})
+    return teacher
+
+
+def _build_student(state: RunState, teacher: torch.nn.Module) -> StudentStart:
+    """The student from the (float32) teacher, as ``student.init`` says, and the baseline's copy."""
+    cfg, plan = state.cfg, state.plan
     set_seed(cfg.train.seed)
-    # The student is built from the fp32 teacher, before the teacher is cast to teacher.dtype.
-    built: dict[str, Any] = {}  # what student.init=prune or layers=auto measured and kept
+    built: dict[str, Any] = {}
     student, copied = build_student(
         cfg.student,
         teacher,
-        task.MODEL_CLASS,
-        task.model_kwargs(plan.label_names),
-        calibration=lambda: _calibration(cfg, task, tokenized["train"], collate),
+        plan.task.MODEL_CLASS,
+        plan.task.model_kwargs(plan.label_names),
+        calibration=lambda: _calibration(cfg, plan.task, state.tokenized["train"], state.collate),
         record=built,
     )
     if built:
-        accelerator.print(f"student: {describe_built(built)}")
+        state.accelerator.print(f"student: {describe_built(built)}")
     set_labels(student, plan.label_names)
     checks.pad_in_config(student, plan.tokenizer)
-    baseline_init = copy.deepcopy(student) if cfg.train.baseline else None
-    teacher = freeze(teacher, cfg.teacher.dtype).to(accelerator.device)
+    baseline = copy.deepcopy(student) if cfg.train.baseline else None
+    return StudentStart(student, copied, built, baseline)
+
+
+def _training_signal(state: RunState, teacher: torch.nn.Module, start: StudentStart) -> TrainingSignal:
+    """The distillation loss and its data: sequence-level targets (made once), the teacher's
+    outputs (a store made once), or the teacher online."""
+    accelerator, cfg, task, out = state.accelerator, state.cfg, state.plan.task, state.out
+    tokenized, collate = state.tokenized, state.collate
     projection = None
     if cfg.loss.hidden_weight > 0:
+        student = start.model
         layer_map = cfg.loss.layer_map or default_layer_map(
-            num_layers(student.config), num_layers(teacher.config), copied
+            num_layers(student.config), num_layers(teacher.config), start.copied
         )
         projection = HiddenProjection(layer_map, hidden_size(student.config), hidden_size(teacher.config))
     loss_step = LossStep(
@@ -181,7 +282,6 @@ def _run(
         train_split = (
             pseudo if cfg.loss.sequence_kd == "replace" else concatenate_datasets([train_split, pseudo])
         )
-
     if cfg.teacher.cache or cfg.loss.on_policy:
         # Each training example numbered: the store's index, and the seed of its on-policy samples.
         train_split = train_split.add_column(teacher_store.ROW, list(range(len(train_split))))
@@ -203,64 +303,52 @@ def _run(
         )
         teacher.to("cpu")  # the student stage does not need it on the device
         loss_step = LossStep(task, cfg.loss, store=store)
+    return TrainingSignal(loss_step, train_split, references)
 
-    def train_student(name: str, model: torch.nn.Module, step: LossStep, dataset: Any, folder: str):
-        """One student stage (distill, baseline) from the same seeded state, saved to OUTPUT/folder
-        and reloaded from there; a stage finished earlier is read back instead."""
-        record_path = out / STAGES_DIR / name / RECORD
-        record = read_record(record_path)
-        if record is not None and is_model_folder(out / folder):
-            accelerator.print(f"{name}: finished earlier; using {out / folder}")
-            result = TrainResult(**record["result"])
-            callbacks.on_stage_end(name, out / folder, result.metrics)
-            return reload(task, out / folder, accelerator.device), result
-        if cfg.student.lora.enabled:
-            model = lora.wrap(model, cfg.student.lora, cfg.task, seed=cfg.train.seed)
-        model, result = _train_stage(
-            accelerator, plan, name, cfg.train, model, step, dataset, eval_split, collate, resume, callbacks
-        )
-        if cfg.student.lora.enabled:  # shipped merged into a plain model, the adapter beside it
-            adapter = out / f"{folder}{lora.ADAPTER_SUFFIX}"
-            model = lora.merge(accelerator, name, model, task, probe, adapter)
-        saved = _ship(accelerator, plan, name, model, out / folder, probe)
-        write_record(accelerator, record_path, {"result": dataclasses.asdict(result)})
-        callbacks.on_stage_end(name, out / folder, result.metrics)
-        return saved, result
 
-    student, result = train_student("distill", student, loss_step, train_split, STUDENT_DIR)
-    teacher.to(accelerator.device)  # for the report (a cached teacher was kept off the device)
+def _student_stage(
+    state: RunState, name: str, model: torch.nn.Module, step: LossStep, dataset: Any, folder: str
+) -> tuple[torch.nn.Module, TrainResult]:
+    """One student stage (distill, baseline) from the same seeded state, saved to OUTPUT/folder
+    and reloaded from there; a stage finished earlier is read back instead."""
+    accelerator, cfg, out = state.accelerator, state.cfg, state.out
+    record_path = out / STAGES_DIR / name / RECORD
+    record = read_record(record_path)
+    if record is not None and is_model_folder(out / folder):
+        accelerator.print(f"{name}: finished earlier; using {out / folder}")
+        result = TrainResult(**record["result"])
+        state.callbacks.on_stage_end(name, out / folder, result.metrics)
+        return reload(state.plan.task, out / folder, accelerator.device), result
+    if cfg.student.lora.enabled:
+        model = lora.wrap(model, cfg.student.lora, cfg.task, seed=cfg.train.seed)
+    model, result = _train_stage(state, name, cfg.train, model, step, dataset)
+    if cfg.student.lora.enabled:  # shipped merged into a plain model, the adapter beside it
+        adapter = out / f"{folder}{lora.ADAPTER_SUFFIX}"
+        model = lora.merge(accelerator, name, model, state.plan.task, state.probe, adapter)
+    saved = _ship(state, name, model, out / folder)
+    write_record(accelerator, record_path, {"result": dataclasses.asdict(result)})
+    state.callbacks.on_stage_end(name, out / folder, result.metrics)
+    return saved, result
 
-    entries = [
-        Entry("teacher", "teacher", teacher, _teacher_source(cfg)),
-        Entry("student", "student", student, str(out / STUDENT_DIR)),
-    ]
-    results: dict[str, Any] = {
-        "task": cfg.task,
-        "processes": accelerator.num_processes,
-        "labels": plan.label_names,
-        "student_layers_from_teacher": copied,
-        **({"student_init": built} if built else {}),
-        "train_examples": len(train_split),
-        "student_validation": result.metrics,
-        "history": result.history,
-    }
-    if baseline_init is not None:
-        # The same student, data order, steps and seed; the references and cross-entropy alone.
-        baseline, baseline_result = train_student(
-            "baseline", baseline_init, LossStep(task), references, BASELINE_DIR
-        )
-        entries.append(Entry("baseline", "baseline", baseline, str(out / BASELINE_DIR)))
-        results["baseline_validation"] = baseline_result.metrics
-        results["baseline_history"] = baseline_result.history
 
-    # --- the report: every model as reloaded from its folder ---
-    split = "test" if "test" in tokenized else "validation"
+def _report(
+    state: RunState,
+    entries: list[Entry],
+    results: dict[str, Any],
+    start: StudentStart,
+    signal: TrainingSignal,
+) -> dict[str, Any]:
+    """Every model measured as reloaded from its folder; results.json, the report, the model
+    cards, the completion record (last), then the upload (output.push_to_hub)."""
+    accelerator, cfg, plan, out = state.accelerator, state.cfg, state.plan, state.out
+    task = plan.task
+    split = "test" if "test" in state.tokenized else "validation"
     report = evaluate_models(
         accelerator,
         task,
         entries,
-        tokenized[split],
-        collate,
+        state.tokenized[split],
+        state.collate,
         plan.tokenizer,
         cfg.eval,
         split=split,
@@ -270,7 +358,7 @@ def _run(
         atomic.write_json(out / "results.json", results)
         write_report(report, out)
         for entry in entries[1:]:
-            seen = len(train_split) if entry.role == "student" else len(references)
+            seen = len(signal.train_split) if entry.role == "student" else len(signal.references)
             pushed = cfg.output.push_to_hub if entry.name == STUDENT_DIR else ""
             where = (
                 f"# {pushed} on the hub\n"
@@ -280,7 +368,9 @@ def _run(
             card = model_card(
                 report,
                 entry.name,
-                how_made=how_made(cfg, entry.role, copied, seen, accelerator.num_processes, built),
+                how_made=how_made(
+                    cfg, entry.role, start.copied, seen, accelerator.num_processes, start.built
+                ),
                 pipeline_tag=task.PIPELINE_TAG,
                 base_model=hub_id(cfg.teacher.name_or_path),
                 usage=where + task.usage_snippet(pushed or entry.name),
@@ -296,9 +386,7 @@ def _run(
     write_record(accelerator, out / RUN_RECORD, {"finished": True, "report": list(REPORT_FILES)})
     if cfg.output.push_to_hub and accelerator.is_main_process:
         print(f"uploaded: {hub.push(out / STUDENT_DIR, cfg.output.push_to_hub)}")
-    results["report"] = report
-    accelerator.end_training()
-    return results
+    return report
 
 
 def trackers(cfg: RecipeConfig) -> list[Any]:
@@ -352,33 +440,18 @@ def _claim(accelerator: Accelerator, lock: FolderLock, cfg: RecipeConfig, resume
 
 
 def _ship(
-    accelerator: Accelerator,
-    plan: Plan,
-    name: str,
-    model: torch.nn.Module,
-    folder: Path,
-    probe: dict[str, torch.Tensor],
-    extra: dict[str, Any] | None = None,
+    state: RunState, name: str, model: torch.nn.Module, folder: Path, extra: dict[str, Any] | None = None
 ) -> torch.nn.Module:
     """Save ``model`` into ``folder`` and return it reloaded from there, checked to give the same
     outputs: later stages and the report use what the folder holds."""
-    return ship(accelerator, plan.task, name, model, plan.tokenizer, folder, probe, extra)
+    plan = state.plan
+    return ship(state.accelerator, plan.task, name, model, plan.tokenizer, folder, state.probe, extra)
 
 
-def _finetune_teacher(
-    accelerator: Accelerator,
-    plan: Plan,
-    teacher: torch.nn.Module,
-    tokenized: DatasetDict,
-    collate: Any,
-    probe: dict[str, torch.Tensor],
-    resume: bool,
-    callbacks: CallbackList,
-) -> torch.nn.Module:
-    cfg = plan.cfg
+def _finetune_teacher(state: RunState, teacher: torch.nn.Module) -> torch.nn.Module:
+    cfg, out = state.cfg, state.out
     ft = cfg.teacher.stage
     name = "teacher-train" if cfg.teacher.architecture else "teacher-finetune"
-    out = Path(cfg.output.dir)
     stage_cfg = TrainConfig(
         steps=ft.steps,
         batch_size=ft.batch_size,
@@ -394,64 +467,49 @@ def _finetune_teacher(
         keep_checkpoints=cfg.train.keep_checkpoints,
         log_every=cfg.train.log_every,
     )
+    stage_dir = name.replace("-", "_")
     teacher, result = _train_stage(
-        accelerator,
-        plan,
-        name,
-        stage_cfg,
-        teacher,
-        LossStep(plan.task),
-        tokenized["train"],
-        tokenized["validation"],
-        collate,
-        resume,
-        callbacks,
-        stage_dir=name.replace("-", "_"),
+        state, name, stage_cfg, teacher, LossStep(state.plan.task), state.tokenized["train"], stage_dir
     )
     marker = {"settings": stage_settings(cfg), "validation": result.metrics}
-    saved = _ship(accelerator, plan, name, teacher, out / TEACHER_DIR, probe, {FINETUNE_MARKER: marker})
-    callbacks.on_stage_end(name, out / TEACHER_DIR, result.metrics)
-    if accelerator.is_main_process:
-        atomic.remove(out / STAGES_DIR / name.replace("-", "_"))  # its checkpoints: the teacher is saved
-    accelerator.free_memory()
+    saved = _ship(state, name, teacher, out / TEACHER_DIR, {FINETUNE_MARKER: marker})
+    state.callbacks.on_stage_end(name, out / TEACHER_DIR, result.metrics)
+    if state.accelerator.is_main_process:
+        atomic.remove(out / STAGES_DIR / stage_dir)  # its checkpoints: the teacher is saved
+    state.accelerator.free_memory()
     return saved
 
 
 def _train_stage(
-    accelerator: Accelerator,
-    plan: Plan,
+    state: RunState,
     name: str,
     stage_cfg: TrainConfig,
     model: torch.nn.Module,
     loss_step: LossStep,
     dataset: Any,
-    eval_dataset: Any,
-    collate: Any,
-    resume: bool,
-    callbacks: CallbackList,
     stage_dir: str | None = None,
 ) -> tuple[torch.nn.Module, Any]:
     """Train ``model`` as one stage, from the state ``stage_cfg.seed`` gives; returns it unwrapped."""
-    cfg = plan.cfg
+    cfg, plan = state.cfg, state.plan
     set_seed(stage_cfg.seed)
     model, result = train(
-        accelerator,
+        state.accelerator,
         name=name,
         cfg=stage_cfg,
         student=model,
         loss_step=loss_step,
         train_dataset=dataset,
-        eval_dataset=eval_dataset,
-        collate=collate,
+        eval_dataset=state.tokenized["validation"],
+        collate=state.collate,
         task=plan.task,
-        stage_dir=Path(cfg.output.dir) / STAGES_DIR / (stage_dir or name),
+        stage_dir=state.out / STAGES_DIR / (stage_dir or name),
         eval_batch_size=cfg.eval.batch_size,
-        resume=resume,
+        resume=state.resume,
         tokenizer=plan.tokenizer,
         eval_settings=cfg.eval,
-        callbacks=callbacks,
+        callbacks=state.callbacks,
     )
-    return accelerator.unwrap_model(model), result
+    return state.accelerator.unwrap_model(model), result
 
 
 def _teacher_source(cfg: RecipeConfig) -> str:
