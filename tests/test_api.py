@@ -160,3 +160,43 @@ def test_wrong_arguments_are_one_short_line(call, message, tmp_path):
         call(recipe("classification", out), teacher, tokenizer, data)
     assert "\n" not in str(caught.value) and len(str(caught.value)) < 300
     assert not out.exists() and not memory._folders and not memory._datasets
+
+
+@pytest.mark.parametrize("task", ["classification", "causal_lm"])
+def test_objects_in_memory_in_bf16_with_a_loss_term_reproduce_their_report(task, tmp_path):
+    """From Python alone, in bf16 (every stage, the teacher's fine-tuning included), with a loss
+    term of one's own: the report is measured in bf16 and the saved folders reproduce it."""
+    import torch
+
+    def gap(student_outputs, teacher_outputs, batch):  # per-item squared logit gap, summed
+        mask = batch["labels"] != -100
+        diff = (student_outputs.logits.float() - teacher_outputs.logits.float()) ** 2
+        return diff.mean(-1)[mask].sum() if mask.ndim == 2 else diff.mean(-1).sum()
+
+    teacher, tokenizer, data = objects(task)
+    out = tmp_path / "out"
+    raw = recipe(task, out)
+    bf16 = ["train.mixed_precision=bf16"]
+    result = distill.run(
+        raw,
+        teacher=teacher,
+        tokenizer=tokenizer,
+        data=data,
+        overrides=bf16,
+        loss_terms=[distill.LossTerm("gap", gap, 0.1)],
+    )
+    report = read_report(out)
+    assert report["mixed_precision"] == "bf16"
+    assert {m["precision"] for m in report["models"]} == {"bf16 autocast"}
+    assert all("train/gap" in h for h in result.results["history"] if "train/loss" in h)
+    assert torch.isfinite(
+        torch.tensor([h["train/loss"] for h in result.results["history"] if "train/loss" in h])
+    ).all()
+    again = distill.evaluate(
+        raw, teacher=teacher, tokenizer=tokenizer, data=data, out=tmp_path / "again", overrides=bf16
+    )
+    second = {m["name"]: m for m in again["models"]}
+    assert again["mixed_precision"] == "bf16"
+    for name, row in report["by_name"].items():
+        if name != "teacher" or task != "classification":  # the run fine-tuned its own teacher
+            assert second[name]["metrics"] == row["metrics"], name
