@@ -195,6 +195,20 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+@dataclass(frozen=True)
+class StageData:
+    """What a training stage reads: its training split, the validation split it is evaluated on
+    (with the task's metrics, in batches of ``eval_batch_size``), and how rows become batches."""
+
+    train: Dataset
+    validation: Dataset
+    collate: Callable
+    task: ModuleType
+    eval_batch_size: int
+    tokenizer: Any = None  # for metrics over generated text
+    eval_settings: Any = None  # EvalConfig: beams, new tokens, extra metrics
+
+
 def train(
     accelerator: Accelerator,
     *,
@@ -202,15 +216,9 @@ def train(
     cfg: TrainConfig,
     student: nn.Module,
     loss_step: LossStep,
-    train_dataset: Dataset,
-    eval_dataset: Dataset,
-    collate: Callable,
-    task: ModuleType,
+    data: StageData,
     stage_dir: Path,
-    eval_batch_size: int,
     resume: bool,
-    tokenizer: Any = None,
-    eval_settings: Any = None,
     callbacks: CallbackList | None = None,
 ) -> tuple[nn.Module, TrainResult]:
     """Train ``student`` for ``cfg.steps`` optimizer steps; returns the prepared model and the result.
@@ -227,6 +235,7 @@ def train(
     accum = cfg.gradient_accumulation_steps
     global_batch = cfg.batch_size * accelerator.num_processes
     callbacks = callbacks or CallbackList()
+    train_dataset, task, collate = data.train, data.task, data.collate
     if len(train_dataset) < global_batch:
         raise DistillError(
             f"{name}: the training split has {len(train_dataset)} examples, fewer than one global batch "
@@ -240,7 +249,7 @@ def train(
         seed=cfg.seed,
         group_by_length=cfg.group_by_length,
     )
-    eval_dl = make_dataloader(eval_dataset, eval_batch_size, collate, shuffle=False, seed=cfg.seed)
+    eval_dl = make_dataloader(data.validation, data.eval_batch_size, collate, shuffle=False, seed=cfg.seed)
     frozen = freeze_unsaved(student)
     if frozen:
         accelerator.print(
@@ -359,7 +368,7 @@ def train(
                 running.zero_()
             if evaluating:
                 metrics = evaluate(
-                    accelerator, student, eval_dl, task, tokenizer=tokenizer, settings=eval_settings
+                    accelerator, student, eval_dl, task, tokenizer=data.tokenizer, settings=data.eval_settings
                 )
                 accelerator.log({f"{name}/validation/{k}": v for k, v in metrics.items()}, step=step)
                 history.append({"step": step, **{f"validation/{k}": v for k, v in metrics.items()}})

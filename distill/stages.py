@@ -38,7 +38,7 @@ from distill.config import RecipeConfig, TrainConfig, to_dict
 from distill.errors import DistillError
 from distill.evaluation import Entry, evaluate_models
 from distill.folder_lock import FolderLock
-from distill.loop import TrainResult, train
+from distill.loop import StageData, TrainResult, train
 from distill.loss_step import LossStep
 from distill.modeling import (
     HiddenProjection,
@@ -498,15 +498,17 @@ def _train_stage(
         cfg=stage_cfg,
         student=model,
         loss_step=loss_step,
-        train_dataset=dataset,
-        eval_dataset=state.tokenized["validation"],
-        collate=state.collate,
-        task=plan.task,
+        data=StageData(
+            dataset,
+            state.tokenized["validation"],
+            state.collate,
+            plan.task,
+            cfg.eval.batch_size,
+            tokenizer=plan.tokenizer,
+            eval_settings=cfg.eval,
+        ),
         stage_dir=state.out / STAGES_DIR / (stage_dir or name),
-        eval_batch_size=cfg.eval.batch_size,
         resume=state.resume,
-        tokenizer=plan.tokenizer,
-        eval_settings=cfg.eval,
         callbacks=state.callbacks,
     )
     return state.accelerator.unwrap_model(model), result

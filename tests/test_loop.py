@@ -12,6 +12,7 @@ from distill.config import DataConfig, LossConfig, TrainConfig
 from distill.loop import (
     LengthGroupedSampler,
     LossStep,
+    StageData,
     _batches,
     backward_step,
     example_lengths,
@@ -67,12 +68,8 @@ def run_steps(tokenized, tmp_path, *, batch_size, accum, steps=1, loss=None, lr=
         cfg=cfg,
         student=student,
         loss_step=step,
-        train_dataset=data["train"],
-        eval_dataset=data["validation"],
-        collate=task.collator(tok),
-        task=task,
+        data=StageData(data["train"], data["validation"], task.collator(tok), task, 8),
         stage_dir=tmp_path,
-        eval_batch_size=8,
         resume=False,
     )
     for k, v in teacher.state_dict().items():

@@ -26,7 +26,7 @@ from distill.artefacts import check_reload, reload, ship
 from distill.cli import main
 from distill.config import DataConfig, LossConfig, TrainConfig
 from distill.errors import RunFailed
-from distill.loop import LossStep, evaluate, make_dataloader, train
+from distill.loop import LossStep, StageData, evaluate, make_dataloader, train
 from distill.modeling import copy_encoder_decoder_layers, freeze
 from distill.tasks import translation
 
@@ -68,14 +68,9 @@ def test_parameters_save_pretrained_drops_are_not_trained(tmp_path, translation_
         cfg=TrainConfig(steps=5, batch_size=8, learning_rate=1e-2, warmup_ratio=0.0, weight_decay=0.1),
         student=student,
         loss_step=LossStep(translation, LossConfig(alpha=0.5), teacher=teacher),
-        train_dataset=data,
-        eval_dataset=data,
-        collate=translation.collator(tok, teacher.config),
-        task=translation,
+        data=StageData(data, data, translation.collator(tok, teacher.config), translation, 8, tokenizer=tok),
         stage_dir=tmp_path / "stage",
-        eval_batch_size=8,
         resume=False,
-        tokenizer=tok,
     )
     assert (
         "not training model.encoder.embed_positions.weight, model.decoder.embed_positions.weight"
