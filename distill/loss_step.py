@@ -71,6 +71,7 @@ class LossStep:
         store: TeacherStore | None = None,
         max_new_tokens: int = 64,
         terms: tuple[LossTerm, ...] = (),
+        vocabulary: int | None = None,
     ):
         self.task = task
         self.loss = loss
@@ -88,6 +89,9 @@ class LossStep:
         if terms and teacher is None:
             raise ValueError("custom loss terms need the online teacher")
         self.terms = tuple(terms)
+        # Token-level tasks: the tokenizer's ids. Output rows beyond them (a vocabulary padded to a
+        # multiple, as Qwen's are) never enter a loss.
+        self.vocabulary = vocabulary
         self.term_hidden = any(t.hidden_states for t in self.terms)
         # On-policy batches are scored by the divergence alone: there is no reference to compare with.
         self.soft_only = dataclasses.replace(loss, alpha=1.0) if self.on_policy else None
@@ -104,6 +108,15 @@ class LossStep:
         """The terms :meth:`__call__` returns, summed by the loop: the built-ins, the custom terms
         by name, then the item count."""
         return (*LOGGED_TERMS[:-1], *(t.name for t in self.terms), LOGGED_TERMS[-1])
+
+    def _real(self, logits: Any) -> Any:
+        """``logits`` (a tensor or a :class:`TeacherHead`) over the tokenizer's ids only."""
+        if self.vocabulary is None or logits is None:
+            return logits
+        if isinstance(logits, TeacherHead):
+            head, vocabulary = logits.head, self.vocabulary
+            return TeacherHead(logits.hidden, lambda hidden: head(hidden)[..., :vocabulary])
+        return logits[..., : self.vocabulary] if logits.shape[-1] > self.vocabulary else logits
 
     def _teacher_logits(self, inputs: dict[str, Tensor], chunked: bool) -> Tensor | TeacherHead:
         """The online teacher's logits; for chunked per-token KD, its last hidden states and output
@@ -177,7 +190,10 @@ class LossStep:
             teacher_logits = teacher_out.logits if self.use_soft or self.use_hidden else None
         elif self.use_soft:
             teacher_logits = self._teacher_logits(inputs, per_token_chunked)
+        if not isinstance(teacher_logits, TopK):  # a store's top-k ids are the tokenizer's already
+            teacher_logits = self._real(teacher_logits)
         student_out = student(**inputs, output_hidden_states=hidden)
+        student_logits = self._real(student_out.logits)
         mask = labels != -100  # (batch,) for classification, (batch, target_len) for seq2seq
         items = mask.sum()
         kwargs = {"beta": loss.jsd_beta} if loss is not None and loss.soft == "jsd" else {}
@@ -188,7 +204,7 @@ class LossStep:
             # (see losses.chunked_kd_mix); no full float32 [tokens, vocab] copies.
             total, soft, hard = chunked_kd_mix(
                 soft_fn,
-                student_out.logits,
+                student_logits,
                 teacher_logits,
                 labels,
                 alpha=loss.alpha,
@@ -203,7 +219,7 @@ class LossStep:
                 "hidden": torch.zeros_like(soft),
                 "items": items,
             }
-        hard = hard_ce(student_out.logits, labels)
+        hard = hard_ce(student_logits, labels)
         zero = hard.new_zeros(())
         out = {"hard": hard, "soft": zero, "hidden": zero, "items": items}
         if teacher_logits is None:
@@ -217,7 +233,7 @@ class LossStep:
                 # clone(): inference tensors cannot be saved for backward; a copy made outside can.
                 teacher_logits = teacher_logits.clone()
             out["soft"] = soft_fn(
-                student_out.logits, teacher_logits, temperature=loss.temperature, mask=mask, **kwargs
+                student_logits, teacher_logits, temperature=loss.temperature, mask=mask, **kwargs
             )
         total = kd_mix(out["soft"], hard, alpha=loss.alpha)
         if self.use_hidden:

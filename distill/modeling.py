@@ -6,13 +6,14 @@ here works on any Transformer whose blocks sit in one ``nn.ModuleList``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import importlib.util
 import os
 import pickle
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import MethodType, SimpleNamespace
 from typing import Any
@@ -500,3 +501,41 @@ def generation_start(model: Any) -> int | None:
             if value is not None:
                 return int(value)
     return None
+
+
+# ------------------------------------------------------------------- vocabularies padded beyond the tokenizer
+
+
+def padded_rows(model: nn.Module, vocabulary: int | None) -> list[int]:
+    """The ids of the model's output rows beyond the tokenizer's ``vocabulary`` (an output layer
+    padded to a multiple, as Qwen's are): rows no loss, sample or stored output ever uses."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    rows = head.weight.shape[0] if head is not None and hasattr(head, "weight") else None
+    if vocabulary is None or rows is None or rows <= vocabulary:
+        return []
+    return list(range(vocabulary, rows))
+
+
+def suppress_in_generation(model: nn.Module, ids: list[int]) -> None:
+    """Write ``ids`` into the model's generation config as ``suppress_tokens``: ``generate()``,
+    ours and a user's of the saved folder alike, never produces them."""
+    if not ids or getattr(model, "generation_config", None) is None:
+        return
+    known = list(model.generation_config.suppress_tokens or [])
+    model.generation_config.suppress_tokens = known + [i for i in ids if i not in set(known)]
+
+
+@contextlib.contextmanager
+def suppressing(model: nn.Module, ids: list[int]) -> Iterator[None]:
+    """``generate()`` never produces ``ids`` inside the block; the model's generation config is as
+    it was afterwards (for a teacher: its outputs as targets, its own config in the report)."""
+    config = getattr(model, "generation_config", None)
+    if not ids or config is None:
+        yield
+        return
+    before = config.suppress_tokens
+    suppress_in_generation(model, ids)
+    try:
+        yield
+    finally:
+        config.suppress_tokens = before

@@ -47,6 +47,9 @@ from distill.modeling import (
     freeze,
     hidden_size,
     num_layers,
+    padded_rows,
+    suppress_in_generation,
+    suppressing,
 )
 from distill.plan import FINETUNE_MARKER, Plan, prepare, set_labels, store_folder
 from distill.report import REPORT_FILES, console_summary, write_report
@@ -164,7 +167,12 @@ def _run(
     if start.baseline is not None:
         # The same student, data order, steps and seed; the references and cross-entropy alone.
         baseline, baseline_result = _student_stage(
-            state, "baseline", start.baseline, LossStep(plan.task), signal.references, BASELINE_DIR
+            state,
+            "baseline",
+            start.baseline,
+            LossStep(plan.task, vocabulary=_vocabulary(plan)),
+            signal.references,
+            BASELINE_DIR,
         )
         entries.append(Entry("baseline", "baseline", baseline, str(out / BASELINE_DIR)))
         results["baseline_validation"] = baseline_result.metrics
@@ -240,6 +248,8 @@ def _build_student(state: RunState, teacher: torch.nn.Module) -> StudentStart:
         state.accelerator.print(f"student: {describe_built(built)}")
     set_labels(student, plan.label_names)
     checks.pad_in_config(student, plan.tokenizer)
+    # Output rows beyond the tokenizer are never trained: the shipped student never generates them.
+    suppress_in_generation(student, padded_rows(student, _vocabulary(plan)))
     baseline = copy.deepcopy(student) if cfg.train.baseline else None
     return StudentStart(student, copied, built, baseline)
 
@@ -263,22 +273,25 @@ def _training_signal(state: RunState, teacher: torch.nn.Module, start: StudentSt
         projection=projection,
         max_new_tokens=cfg.data.max_target_length,
         terms=tuple(memory.loss_term(reference) for reference in cfg.loss.terms),
+        vocabulary=_vocabulary(state.plan),
     )
     references = tokenized["train"]  # what the student and the baseline see of the targets
     if cfg.data.reference_examples:
         references = references.select(range(min(cfg.data.reference_examples, len(references))))
     train_split = references
     if cfg.loss.sequence_kd:
-        pseudo = pseudo_targets(
-            accelerator,
-            teacher,
-            tokenized["train"],  # every training source, with or without a reference
-            collate,
-            out / PSEUDO_DIR,
-            settings=pseudo_settings(cfg),
-            batch_size=cfg.eval.batch_size,
-            task=task,
-        )
+        # The teacher's outputs as targets never hold its output rows beyond the tokenizer.
+        with suppressing(teacher, padded_rows(teacher, _vocabulary(state.plan))):
+            pseudo = pseudo_targets(
+                accelerator,
+                teacher,
+                tokenized["train"],  # every training source, with or without a reference
+                collate,
+                out / PSEUDO_DIR,
+                settings=pseudo_settings(cfg),
+                batch_size=cfg.eval.batch_size,
+                task=task,
+            )
         train_split = (
             pseudo if cfg.loss.sequence_kd == "replace" else concatenate_datasets([train_split, pseudo])
         )
@@ -300,9 +313,10 @@ def _training_signal(state: RunState, teacher: torch.nn.Module, start: StudentSt
             temperature=cfg.loss.temperature,
             batch_size=cfg.eval.batch_size,
             chunk=cfg.teacher.cache_shard_size,
+            vocabulary=_vocabulary(state.plan),
         )
         teacher.to("cpu")  # the student stage does not need it on the device
-        loss_step = LossStep(task, cfg.loss, store=store)
+        loss_step = LossStep(task, cfg.loss, store=store, vocabulary=_vocabulary(state.plan))
     return TrainingSignal(loss_step, train_split, references)
 
 
@@ -469,7 +483,13 @@ def _finetune_teacher(state: RunState, teacher: torch.nn.Module) -> torch.nn.Mod
     )
     stage_dir = name.replace("-", "_")
     teacher, result = _train_stage(
-        state, name, stage_cfg, teacher, LossStep(state.plan.task), state.tokenized["train"], stage_dir
+        state,
+        name,
+        stage_cfg,
+        teacher,
+        LossStep(state.plan.task, vocabulary=_vocabulary(state.plan)),
+        state.tokenized["train"],
+        stage_dir,
     )
     marker = {"settings": stage_settings(cfg), "validation": result.metrics}
     saved = _ship(state, name, teacher, out / TEACHER_DIR, {FINETUNE_MARKER: marker})
@@ -512,6 +532,12 @@ def _train_stage(
         callbacks=state.callbacks,
     )
     return state.accelerator.unwrap_model(model), result
+
+
+def _vocabulary(plan: Plan) -> int | None:
+    """Token-level tasks: the tokenizer's ids, over which every loss, sample and stored output is
+    taken (rows of an output layer padded beyond them never are)."""
+    return len(plan.tokenizer) if plan.task.TOKEN_LEVEL else None
 
 
 def _teacher_source(cfg: RecipeConfig) -> str:

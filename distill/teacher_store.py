@@ -156,13 +156,23 @@ def build(
     temperature: float,
     batch_size: int,
     chunk: int = 1024,
+    vocabulary: int | None = None,
 ) -> TeacherStore:
     """The complete store of the teacher's soft labels over ``dataset`` in ``folder``: read if it
     is there (verified), else computed (continuing an interrupted build)."""
 
     def compute(rows: list[int]) -> dict[str, torch.Tensor]:
         return _compute(
-            accelerator, teacher, dataset, rows, collate, model_inputs, top_k, temperature, batch_size
+            accelerator,
+            teacher,
+            dataset,
+            rows,
+            collate,
+            model_inputs,
+            top_k,
+            temperature,
+            batch_size,
+            vocabulary,
         )
 
     build_shards(accelerator, teacher, dataset, folder, settings=settings, chunk=chunk, compute=compute)
@@ -294,8 +304,10 @@ def _compute(
     top_k: int,
     temperature: float,
     batch_size: int,
+    vocabulary: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One shard: the teacher's outputs for ``rows``, in order."""
+    """One shard: the teacher's outputs for ``rows``, in order (over the first ``vocabulary`` ids:
+    the tokenizer's, where the output layer is padded beyond them)."""
     teacher.eval()
     logits_out, logprobs, ids, tails, lengths = [], [], [], [], []
     for start in range(0, len(rows), batch_size):
@@ -305,6 +317,8 @@ def _compute(
         }
         with accelerator.autocast():  # as the teacher runs online: in the run's precision
             logits = teacher(**inputs).logits
+        if vocabulary is not None and logits.shape[-1] > vocabulary:
+            logits = logits[..., :vocabulary]
         if not top_k:
             logits_out.append(logits.float().cpu())
             continue

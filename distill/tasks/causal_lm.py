@@ -359,7 +359,10 @@ def sample_completions(
     # generate() fills what a passed config leaves unset from the model's generation config (a
     # chat model's top_k, top_p, repetition_penalty...): a bare one leaves the distribution alone.
     bare.generation_config = GenerationConfig(
-        eos_token_id=eos, pad_token_id=pad, bos_token_id=config.bos_token_id
+        eos_token_id=eos,
+        pad_token_id=pad,
+        bos_token_id=config.bos_token_id,
+        suppress_tokens=own.suppress_tokens,  # rows padded beyond the tokenizer, never sampled
     )
     bare.eval()
     try:
