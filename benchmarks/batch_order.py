@@ -25,9 +25,10 @@ import time
 import torch
 from accelerate import Accelerator
 
+from distill.batches import example_lengths, make_dataloader
 from distill.cli import find_recipe
 from distill.config import load_recipe
-from distill.loop import LossStep, backward_step, example_lengths, make_dataloader, optimizer_step
+from distill.loop import LossStep, backward_step, optimizer_step
 from distill.modeling import build_student, freeze
 from distill.plan import prepare
 from distill.stages import quiet_libraries

@@ -25,7 +25,8 @@ from accelerate import Accelerator
 from datasets import Dataset
 from torch import nn
 
-from distill.loop import evaluate, make_dataloader
+from distill.batches import make_dataloader
+from distill.loop import evaluate
 from distill.modeling import count_parameters, resolve_path
 from distill.speed import measure_latency
 

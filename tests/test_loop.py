@@ -8,17 +8,9 @@ from conftest import make_tokenizer, sentiment_rows, tiny_bert_config
 from datasets import Dataset, DatasetDict
 from transformers import BertForSequenceClassification
 
+from distill.batches import LengthGroupedSampler, endless, example_lengths, make_dataloader
 from distill.config import DataConfig, LossConfig, TrainConfig
-from distill.loop import (
-    LengthGroupedSampler,
-    LossStep,
-    StageData,
-    _batches,
-    backward_step,
-    example_lengths,
-    make_dataloader,
-    train,
-)
+from distill.loop import LossStep, StageData, backward_step, train
 from distill.losses import hard_ce
 from distill.modeling import HiddenProjection, copy_layers, freeze
 from distill.tasks import classification as task
@@ -238,7 +230,7 @@ def test_length_grouped_batches_through_accelerate_resume_and_shard_exactly():
         )
 
     def take(dl, n, skip=0):
-        out, gen = [], _batches(Accelerator(), dl, skip)
+        out, gen = [], endless(Accelerator(), dl, skip)
         for _ in range(n):
             out.append(next(gen))
         return out

@@ -74,7 +74,10 @@ def test_the_losses_are_taken_over_the_tokenizers_ids(pair):
     )
     terms = step(student, batch)
     with torch.no_grad():
-        s, t = student(**causal_lm.model_inputs(batch)).logits, teacher(**causal_lm.model_inputs(batch)).logits
+        s, t = (
+            student(**causal_lm.model_inputs(batch)).logits,
+            teacher(**causal_lm.model_inputs(batch)).logits,
+        )
     mask = batch["labels"] != -100
     expected = soft_kl(s[..., :n], t[..., :n], temperature=2.0, mask=mask)
     assert terms["soft"].item() == pytest.approx(expected.item(), rel=1e-5)

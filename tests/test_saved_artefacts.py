@@ -23,10 +23,11 @@ from datasets import Dataset, DatasetDict
 from transformers import MarianMTModel
 
 from distill.artefacts import check_reload, reload, ship
+from distill.batches import make_dataloader
 from distill.cli import main
 from distill.config import DataConfig, LossConfig, TrainConfig
 from distill.errors import RunFailed
-from distill.loop import LossStep, StageData, evaluate, make_dataloader, train
+from distill.loop import LossStep, StageData, evaluate, train
 from distill.modeling import copy_encoder_decoder_layers, freeze
 from distill.tasks import translation
 
