@@ -28,6 +28,7 @@ TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULERS = ("linear", "cosine", "constant")
 SEQUENCE_KD = ("replace", "mix")
 # Accelerate's trackers (each needs its own package installed; `validate` says which is missing).
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # Accelerate's placements
 TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
 MAX_TEMPERATURE = 1000.0
 MAX_THREADS = 1024
@@ -83,6 +84,10 @@ class TeacherConfig:
     cache_top_k: int = 32  # token-level tasks: teacher tokens kept per target token (+ a tail bucket)
     cache_dir: str = ""  # where the store is (default OUTPUT/teacher_outputs); runs may share one
     cache_shard_size: int = 1024  # examples per shard: the unit of resume and of the split between processes
+    device_map: str = ""  # "" (the whole teacher on the run's device) | auto | balanced | balanced_low_0 | sequential: Accelerate's big-model placement across GPUs, CPU and disk, for a teacher larger than a device (one process; not trained here)
+    max_memory: dict[str, str] = field(
+        default_factory=dict
+    )  # with device_map: the most each device may hold ({0: 20GiB, cpu: 60GiB}); what does not fit is offloaded to disk
 
     def check(self, key: str) -> None:
         if self.architecture:
@@ -104,6 +109,27 @@ class TeacherConfig:
                 f"{key}.train: only for a teacher built from {key}.architecture; use {key}.finetune"
             )
         one_of(f"{key}.dtype", self.dtype, TEACHER_DTYPES)
+        if self.device_map:
+            one_of(f"{key}.device_map", self.device_map, DEVICE_MAPS)
+            if self.stage.enabled:
+                stage = "train" if self.architecture else "finetune"
+                raise DistillError(
+                    f"{key}.device_map: a teacher placed across devices is not trained here ({key}.{stage}); "
+                    "train it first, then distil from its folder"
+                )
+        elif self.max_memory:
+            raise DistillError(f"{key}.max_memory: only with {key}.device_map (e.g. auto)")
+        for device, size in self.max_memory.items():
+            from accelerate.utils import convert_file_size_to_int
+
+            if not (str(device).isdigit() or device in ("cpu", "mps")):
+                raise DistillError(f"{key}.max_memory: '{device}' is not a device (a GPU index, cpu or mps)")
+            try:
+                convert_file_size_to_int(size)
+            except (ValueError, TypeError):
+                raise DistillError(
+                    f"{key}.max_memory.{device}: '{size}' is not a size (e.g. 20GiB, 500MB)"
+                ) from None
         positive(f"{key}.cache_top_k", self.cache_top_k)
         positive(f"{key}.cache_shard_size", self.cache_shard_size)
         self.finetune.check(f"{key}.finetune")
@@ -489,6 +515,11 @@ class RecipeConfig:
             raise DistillError(
                 "teacher.cache: the store keeps the teacher's outputs, not its hidden states; "
                 "set loss.hidden_weight=0 or teacher.cache=false"
+            )
+        if self.teacher.device_map and self.student.init in ("copy_layers", "prune"):
+            raise DistillError(
+                f"student.init: {self.student.init} copies the teacher's weights, which teacher.device_map "
+                "leaves spread over devices and disk; use student.init=pretrained or from_config"
             )
         if self.teacher.cache and self.loss.terms:
             raise DistillError(

@@ -37,7 +37,7 @@ from distill.config import TrainConfig
 from distill.errors import DistillError, RunFailed
 from distill.loss_step import LossStep
 from distill.metrics import compute_extra
-from distill.modeling import freeze_unsaved
+from distill.modeling import freeze_unsaved, place
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def train(
         accelerator.unwrap_model(student)._is_fsdp_managed_module = True
     if loss_step.teacher is not None:
         # The teacher is not prepared (never wrapped for DDP, never in a checkpoint): place it by hand.
-        loss_step.teacher.to(accelerator.device)
+        place(loss_step.teacher, accelerator.device)
 
     start_step, history = 0, []
     summed_terms = loss_step.summed  # the built-in terms, any custom ones, and the item count

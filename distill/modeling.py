@@ -307,10 +307,42 @@ def teacher_dtype(name: str) -> torch.dtype:
 
 
 def freeze(model: nn.Module, dtype: str = "float32") -> nn.Module:
-    """The teacher's state during distillation: eval mode, no gradients, optionally a lower precision."""
+    """The teacher's state during distillation: eval mode, no gradients, optionally a lower precision
+    (a teacher placed by ``teacher.device_map`` was loaded in it)."""
     model.eval()
     model.requires_grad_(False)
-    return model.to(teacher_dtype(dtype))
+    return model if dispatched(model) else model.to(teacher_dtype(dtype))
+
+
+def dispatched(model: nn.Module) -> bool:
+    """Placed by Accelerate's big-model dispatch (``teacher.device_map``): across devices and disk,
+    moved by its own hooks, never by ``.to()``."""
+    return bool(getattr(model, "hf_device_map", None))
+
+
+def place(model: nn.Module, device: Any) -> nn.Module:
+    """``model`` on ``device``; a dispatched model stays where its placement put it."""
+    return model if dispatched(model) else model.to(device)
+
+
+def placement(cfg: Any) -> dict[str, Any]:
+    """``from_pretrained`` arguments of ``teacher.device_map``: the placement, the memory caps, the
+    teacher's precision and a private folder (removed at exit) for what goes to disk."""
+    if not cfg.device_map:
+        return {}
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="distill-offload-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    memory = {int(k) if str(k).isdigit() else k: v for k, v in cfg.max_memory.items()}
+    return {
+        "device_map": cfg.device_map,
+        **({"max_memory": memory} if memory else {}),
+        "offload_folder": folder,
+        "dtype": teacher_dtype(cfg.dtype),
+    }
 
 
 def freeze_unsaved(model: nn.Module) -> list[str]:
@@ -539,3 +571,27 @@ def suppressing(model: nn.Module, ids: list[int]) -> Iterator[None]:
         yield
     finally:
         config.suppress_tokens = before
+
+
+def state_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """``model.state_dict()``'s items, in its order, with a dispatched model's offloaded weights
+    read in as each module is visited (a module's weights are held only while it and its
+    submodules are visited, as its forward pass holds them)."""
+    if not dispatched(model):
+        yield from model.state_dict().items()
+        return
+    from accelerate.utils import align_module_device
+
+    def visit(module: nn.Module, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+        with align_module_device(module):
+            for name, p in module._parameters.items():
+                if p is not None:
+                    yield prefix + name, p.detach()
+            for name, b in module._buffers.items():
+                if b is not None and name not in module._non_persistent_buffers_set:
+                    yield prefix + name, b
+            for name, child in module._modules.items():
+                if child is not None:
+                    yield from visit(child, f"{prefix}{name}.")
+
+    yield from visit(model, "")

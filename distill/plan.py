@@ -31,6 +31,7 @@ from distill.modeling import (
     encoder_decoder_depths,
     load_pretrained,
     num_layers,
+    placement,
     student_config,
 )
 from distill.pruning import size_from
@@ -71,6 +72,11 @@ def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
     processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
     checks.output_dir(cfg.output.dir)
     hub.check_ready(cfg.output.push_to_hub)
+    if cfg.teacher.device_map and processes > 1:
+        raise DistillError(
+            f"teacher.device_map: a teacher placed across devices serves one process, and {processes} were "
+            "launched; run one process (it uses every device the placement names)"
+        )
     out = Path(cfg.output.dir)
     finetuned = out / TEACHER_DIR
     marker = read_record(finetuned / FINETUNE_MARKER) if cfg.teacher.stage.enabled else None
@@ -173,7 +179,11 @@ def load_teacher(plan: Plan) -> torch.nn.Module:
             **task.model_kwargs(plan.label_names),
         )
     teacher, info = load_pretrained(
-        task.MODEL_CLASS.from_pretrained, cfg.teacher.name_or_path, "teacher", output_loading_info=True
+        task.MODEL_CLASS.from_pretrained,
+        cfg.teacher.name_or_path,
+        "teacher",
+        output_loading_info=True,
+        **placement(cfg.teacher),
     )
     if info["missing_keys"]:
         missing = ", ".join(sorted(info["missing_keys"])[:3])

@@ -44,10 +44,12 @@ from distill.modeling import (
     HiddenProjection,
     build_student,
     default_layer_map,
+    dispatched,
     freeze,
     hidden_size,
     num_layers,
     padded_rows,
+    place,
     suppress_in_generation,
     suppressing,
 )
@@ -138,18 +140,24 @@ def _run(
     with accelerator.main_process_first():
         plan = prepare(cfg, accelerator.num_processes)
     state = RunState(accelerator, plan, out, resume, callbacks)
+    if dispatched(plan.teacher):
+        where: dict[str, int] = {}
+        for device in plan.teacher.hf_device_map.values():
+            where[str(device)] = where.get(str(device), 0) + 1
+        parts = ", ".join(f"{n} part{'s' if n > 1 else ''} on {device}" for device, n in where.items())
+        accelerator.print(f"teacher: placed by teacher.device_map={cfg.teacher.device_map}: {parts}")
 
     # --- from here on, the output folder is written ---
     _open(state, lock)
     _tokenize(state)
     teacher = _teacher_stage(state, plan.teacher)
     start = _build_student(state, teacher)
-    teacher = freeze(teacher, cfg.teacher.dtype).to(accelerator.device)
+    teacher = place(freeze(teacher, cfg.teacher.dtype), accelerator.device)
     signal = _training_signal(state, teacher, start)
     student, result = _student_stage(
         state, "distill", start.model, signal.loss_step, signal.train_split, STUDENT_DIR
     )
-    teacher.to(accelerator.device)  # for the report (a cached teacher was kept off the device)
+    place(teacher, accelerator.device)  # for the report (a cached teacher was kept off the device)
     entries = [
         Entry("teacher", "teacher", teacher, _teacher_source(cfg)),
         Entry("student", "student", student, str(out / STUDENT_DIR)),
@@ -315,7 +323,7 @@ def _training_signal(state: RunState, teacher: torch.nn.Module, start: StudentSt
             chunk=cfg.teacher.cache_shard_size,
             vocabulary=_vocabulary(state.plan),
         )
-        teacher.to("cpu")  # the student stage does not need it on the device
+        place(teacher, "cpu")  # the student stage does not need it on the device
         loss_step = LossStep(task, cfg.loss, store=store, vocabulary=_vocabulary(state.plan))
     return TrainingSignal(loss_step, train_split, references)
 

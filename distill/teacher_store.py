@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from distill import atomic
 from distill.errors import DistillError
 from distill.losses import TopK, top_k_of
+from distill.modeling import place, state_tensors
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def fingerprint(teacher: torch.nn.Module, dataset: Dataset, settings: dict[str, 
     """What decides the stored outputs: the settings, and SHA-256 digests of the teacher's weights
     (each tensor's bytes and dtype, in ``state_dict`` order) and of the tokenized data."""
     weights = hashlib.sha256()
-    for name, tensor in teacher.state_dict().items():
+    for name, tensor in state_tensors(teacher):  # offloaded weights read in as they are visited
         weights.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         weights.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
     data = hashlib.sha256()
@@ -239,7 +240,7 @@ def build_shards(
     mine = [i for i in todo if i % accelerator.num_processes == accelerator.process_index]
     if todo:
         accelerator.print(f"{what}: {len(intact)} of {n_shards} shards stored, computing {len(todo)}")
-        teacher.to(accelerator.device)
+        place(teacher, accelerator.device)
         progress = tqdm(
             total=sum(min(chunk, len(dataset) - i * chunk) for i in mine),
             desc=what,

@@ -24,7 +24,8 @@ def stage_settings(cfg: RecipeConfig) -> dict[str, Any]:
     settings: dict[str, Any] = {
         f"teacher.{k}": v
         for k, v in to_dict(cfg.teacher).items()
-        if k not in ("dtype", "finetune", "train") and not k.startswith("cache")  # how it is used later
+        # how it is used later, not what it is: its precision, its store, where it is placed
+        if k not in ("dtype", "finetune", "train", "device_map", "max_memory") and not k.startswith("cache")
     }
     stage = "train" if cfg.teacher.architecture else "finetune"
     settings.update({f"teacher.{stage}.{k}": v for k, v in to_dict(cfg.teacher.stage).items()})
