@@ -83,3 +83,19 @@ def test_placements_that_cannot_work_are_refused_in_one_line(
     with pytest.raises(DistillError, match=message) as caught:
         validate(raw)
     assert "\n" not in str(caught.value)
+
+
+def test_an_offloaded_teacher_has_the_fingerprint_of_the_whole_one(teacher, tmp_path):
+    """A store made with the teacher whole serves it placed across devices, and the other way."""
+    import transformers as tf
+    from datasets import Dataset
+
+    from distill.teacher_store import fingerprint
+
+    data = Dataset.from_dict({"input_ids": [[5, 6, 7]], "labels": [[5, 6, 7]]})
+    whole = tf.AutoModelForCausalLM.from_pretrained(teacher)
+    placed = tf.AutoModelForCausalLM.from_pretrained(
+        teacher, device_map="auto", max_memory={"cpu": "150KB"}, offload_folder=str(tmp_path / "off")
+    )
+    assert set(map(str, placed.hf_device_map.values())) == {"cpu", "disk"}  # split between the two
+    assert fingerprint(placed, data, {}) == fingerprint(whole, data, {})
