@@ -12,7 +12,9 @@ student stage, and writes what the soft loss needs into ``OUTPUT/teacher_outputs
 
 Format: safetensors shards, one per ``chunk`` examples. Safetensors rather than Arrow because the
 store is a handful of dense tensors per shard (tokens are flattened, with per-example offsets):
-they load without copies or pickling, and a shard is one file whose SHA-256 is recorded beside it.
+a shard is memory-mapped and read row by row as the student's batches ask (no copies, no
+pickling, memory that does not grow with the store), and is one file whose SHA-256 is recorded
+beside it.
 
 The store is keyed by a fingerprint of the teacher's weights (as it runs: after the cast to
 ``teacher.dtype``), the tokenized training data and the settings that change the outputs; a store
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +39,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from datasets import Dataset
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from distill import atomic
@@ -92,56 +96,92 @@ def check_settings(folder: Path, settings: dict[str, Any]) -> None:
 
 
 class TeacherStore:
-    """A complete store, read into memory; :meth:`batch` gives a batch's teacher outputs."""
+    """A complete store, read from its shards as the batches ask for them: each shard is a
+    memory-mapped safetensors file, so what stays in memory is the index (where each row's
+    outputs are: 16 to 32 bytes per row), whatever the store's size, and each process reads only the
+    rows of its own batches. :meth:`batch` gives a batch's teacher outputs."""
 
     def __init__(self, folder: Path, top_k: bool):
         self.folder = folder
         self.top_k = top_k
         record = atomic.read_json(folder / COMPLETE) or {}
-        shards = [load_file(str(folder / name)) for name in record.get("shards", [])]
-        rows = torch.cat([s["rows"] for s in shards])
-        order = torch.argsort(rows)
-        if not torch.equal(rows[order], torch.arange(len(rows))):
+        self.paths = [folder / name for name in record.get("shards", [])]
+        self._open: dict[int, Any] = {}  # shard -> its safe_open handle, opened on first use
+        rows, shard, local, starts, lengths = [], [], [], [], []
+        self.bytes = 0
+        names = ("logprobs", "ids", "tail") if top_k else ("logits",)
+        for i, path in enumerate(self.paths):
+            with safe_open(str(path), framework="pt") as f:
+                these = f.get_tensor("rows")
+                rows.append(these)
+                shard.append(torch.full_like(these, i))
+                local.append(torch.arange(len(these)))
+                if top_k:
+                    offsets = f.get_tensor("offsets")
+                    starts.append(offsets[:-1])
+                    lengths.append(offsets.diff())
+                for name in names:
+                    sliced = f.get_slice(name)
+                    self.bytes += math.prod(sliced.get_shape()) * _ITEM_BYTES[sliced.get_dtype()]
+        if not rows:
+            raise DistillError(f"{folder}: the store lists no shards; delete the folder")
+        rows_cat = torch.cat(rows)
+        order = torch.argsort(rows_cat)
+        if not torch.equal(rows_cat[order], torch.arange(len(rows_cat))):
             raise DistillError(f"{folder}: the shards do not cover the training split; delete the folder")
-        if not top_k:
-            self.logits = torch.cat([s["logits"] for s in shards])[order]
-            self.bytes = self.logits.numel() * self.logits.element_size()
-            return
-        lengths = torch.cat([s["offsets"].diff() for s in shards])
-        self.logprobs = torch.cat([s["logprobs"] for s in shards])
-        self.ids = torch.cat([s["ids"] for s in shards])
-        self.tail = torch.cat([s["tail"] for s in shards])
-        starts = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
-        self.start, self.length = starts[order], lengths[order]  # by row
-        self.bytes = sum(t.numel() * t.element_size() for t in (self.logprobs, self.ids, self.tail))
+        # By training row: its shard, its place in the shard, and (top-k) its target tokens there.
+        self.shard, self.local = torch.cat(shard)[order], torch.cat(local)[order]
+        if top_k:
+            self.start, self.length = torch.cat(starts)[order], torch.cat(lengths)[order]
+
+    def _file(self, shard: int) -> Any:
+        if shard not in self._open:
+            self._open[shard] = safe_open(str(self.paths[shard]), framework="pt")
+        return self._open[shard]
 
     @property
     def tokens(self) -> int:
-        return int(self.length.sum()) if self.top_k else len(self.logits)
+        return int(self.length.sum()) if self.top_k else len(self.shard)
+
+    def mean_tail_probability(self) -> float:
+        """The teacher's mean probability outside its stored top k, read one shard at a time."""
+        total, count = 0.0, 0
+        for i in range(len(self.paths)):
+            tail = self._file(i).get_tensor("tail").float()
+            total, count = total + float(tail.exp().sum()), count + len(tail)
+        return total / max(count, 1)
 
     def batch(self, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | TopK:
         """Teacher outputs laid out like the student's logits: ``[batch, labels]`` logits, or a
         :class:`TopK` with ``[batch, target_len, k]`` entries at the real target tokens."""
         rows = rows.cpu()
+        shards, local = self.shard[rows].tolist(), self.local[rows].tolist()
         if not self.top_k:
-            return self.logits[rows].to(labels.device)
+            parts = [self._file(f).get_slice("logits")[i : i + 1] for f, i in zip(shards, local, strict=True)]
+            return torch.cat(parts).to(labels.device)
         mask = labels != -100
         counts = mask.sum(-1).cpu()
         if not torch.equal(counts, self.length[rows]):
             raise DistillError(
                 f"{self.folder}: stored target lengths differ from the batch's; delete the folder"
             )
-        index = torch.cat(
-            [torch.arange(s, s + n) for s, n in zip(self.start[rows].tolist(), counts.tolist(), strict=True)]
-        )
-        k = self.ids.shape[-1]
-        logprobs = torch.zeros(*labels.shape, k, dtype=self.logprobs.dtype)
-        ids = torch.zeros(*labels.shape, k, dtype=self.ids.dtype)
-        tail = torch.zeros(*labels.shape, dtype=self.tail.dtype)
+        pieces: dict[str, list[torch.Tensor]] = {"logprobs": [], "ids": [], "tail": []}
+        for f, start, n in zip(shards, self.start[rows].tolist(), counts.tolist(), strict=True):
+            handle = self._file(f)
+            for name, out in pieces.items():
+                out.append(handle.get_slice(name)[start : start + n])
+        logprobs, ids, tail = (torch.cat(pieces[name]) for name in ("logprobs", "ids", "tail"))
+        k = ids.shape[-1]
+        dense_logprobs = torch.zeros(*labels.shape, k, dtype=logprobs.dtype)
+        dense_ids = torch.zeros(*labels.shape, k, dtype=ids.dtype)
+        dense_tail = torch.zeros(*labels.shape, dtype=tail.dtype)
         where = mask.cpu()
-        logprobs[where], ids[where], tail[where] = self.logprobs[index], self.ids[index], self.tail[index]
+        dense_logprobs[where], dense_ids[where], dense_tail[where] = logprobs, ids, tail
         device = labels.device
-        return TopK(logprobs.to(device), ids.to(device), tail.to(device))
+        return TopK(dense_logprobs.to(device), dense_ids.to(device), dense_tail.to(device))
+
+
+_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1}
 
 
 def build(
@@ -180,12 +220,14 @@ def build(
     store = TeacherStore(folder, top_k=top_k > 0)
     per = ""
     if top_k:
-        lost = float(store.tail.float().exp().mean()) if store.tokens else 0.0
+        lost = store.mean_tail_probability() if store.tokens else 0.0
         per = (
             f", {store.bytes / max(store.tokens, 1):.0f} bytes per target token; the teacher's mean "
             f"probability outside its top {top_k}: {lost:.2e}"
         )
-    accelerator.print(f"teacher outputs: {folder} ({store.bytes / 2**20:.1f} MiB in memory{per})")
+    accelerator.print(
+        f"teacher outputs: {folder} ({store.bytes / 2**20:.1f} MiB on disk, read as batches ask{per})"
+    )
     return store
 
 

@@ -109,6 +109,35 @@ def test_top_k_store_of_the_whole_vocabulary_equals_dense_distillation(tmp_path,
     assert torch.equal(s["ids"][:n].long(), top.indices)
     assert torch.allclose(s["logprobs"][:n], top.values, atol=1e-5)
     assert torch.allclose(s["tail"][:n].exp(), 1 - top.values.exp().sum(-1), atol=1e-5)
+    check_streamed(tmp_path / "top4" / "teacher_outputs", train, plan)
+
+
+def check_streamed(folder, train, plan):
+    """The store read as batches ask: in memory only its index (32 bytes per row), and each
+    batch's entries those of the shards read whole, wherever its rows lie."""
+    from distill.teacher_store import TeacherStore
+
+    streamed = TeacherStore(folder, top_k=True)
+    held = sum(t.numel() * t.element_size() for t in vars(streamed).values() if isinstance(t, torch.Tensor))
+    assert held == 32 * len(train) and streamed.bytes > held  # shard, local, start, length: int64 each
+    shards, _ = store(folder)
+    rows = torch.cat([sh["rows"] for sh in shards])
+    eager = {}
+    for sh in shards:
+        for j, row in enumerate(sh["rows"].tolist()):
+            a, b = int(sh["offsets"][j]), int(sh["offsets"][j + 1])
+            eager[row] = (sh["logprobs"][a:b], sh["ids"][a:b], sh["tail"][a:b])
+    picked = torch.tensor([len(rows) - 1, 0, 7, 3])  # out of order, across the store
+    batch = plan.task.collator(plan.tokenizer, plan.teacher_config)([train[i] for i in picked.tolist()])
+    got = streamed.batch(picked, batch["labels"])
+    mask = batch["labels"] != -100
+    for i, row in enumerate(picked.tolist()):
+        logprobs, ids, tail = eager[row]
+        assert torch.equal(got.logprobs[i][mask[i]], logprobs) and torch.equal(got.ids[i][mask[i]], ids)
+        assert torch.equal(got.tail[i][mask[i]], tail)
+    assert streamed.mean_tail_probability() == pytest.approx(
+        torch.cat([sh["tail"] for sh in shards]).float().exp().mean().item(), rel=1e-6
+    )
 
 
 def test_a_store_of_other_settings_is_refused_in_one_line(tmp_path, pairs_csv, capsys):
