@@ -56,7 +56,8 @@ def example_lengths(dataset: Any) -> list[int]:
         table = dataset.with_format("arrow")[:]  # the rows in the data set's order (select / shuffle applied)
         total = np.zeros(len(dataset), dtype=np.int64)
         for name in LENGTH_FIELDS:
-            if name in table.column_names and pa.types.is_list(table.schema.field(name).type):
+            kind = table.schema.field(name).type if name in table.column_names else None
+            if kind is not None and (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
                 total += pc.list_value_length(table[name]).to_numpy(zero_copy_only=False)
         return total.tolist()
     lengths = []

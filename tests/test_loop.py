@@ -183,6 +183,12 @@ def test_example_lengths_read_the_rows_in_the_data_sets_order():
     assert example_lengths(picked) == [len(row["input_ids"]) for row in picked]
     pairs = Dataset.from_dict({"input_ids": [[1, 2], [3]], "labels": [[4, 5, 6], [7]]})  # translation
     assert example_lengths(pairs) == [5, 2]
+    from datasets import Features, LargeList, Value
+
+    large = Dataset.from_dict(
+        {"input_ids": [[1, 2, 3], [4]]}, features=Features({"input_ids": LargeList(Value("int64"))})
+    )
+    assert example_lengths(large) == [3, 1]  # 64-bit offsets, as large corpora are stored
 
 
 def test_length_grouped_order_is_a_seeded_permutation_of_similar_length_batches():
