@@ -142,6 +142,19 @@ def _given(
         memory.release(references)
 
 
+def _objects(
+    teacher: Any, student: Any, tokenizer: Any, data: Any, loss_terms: Sequence[Any]
+) -> dict[str, Any]:
+    """What ``run`` and ``validate`` pass to :func:`_given`: the objects given from Python."""
+    return {
+        "teacher": teacher,
+        "student": student,
+        "tokenizer": tokenizer,
+        "data": data,
+        "loss_terms": loss_terms,
+    }
+
+
 _DATA_SOURCES = ("dataset", "dataset_config", "files", "synthetic")  # what data= replaces
 
 
@@ -190,14 +203,7 @@ def run(
     from distill import stages
 
     stages.quiet_libraries()
-    given = {
-        "teacher": teacher,
-        "student": student,
-        "tokenizer": tokenizer,
-        "data": data,
-        "loss_terms": loss_terms,
-    }
-    with _given(recipe, overrides, **given) as cfg:
+    with _given(recipe, overrides, **_objects(teacher, student, tokenizer, data, loss_terms)) as cfg:
         results = stages.run(cfg, resume=resume, callbacks=callbacks)
     report = results.pop("report")
     return Result(Path(cfg.output.dir), report, results)
@@ -223,14 +229,7 @@ def validate(
     from distill.stages import quiet_libraries
 
     quiet_libraries()
-    given = {
-        "teacher": teacher,
-        "student": student,
-        "tokenizer": tokenizer,
-        "data": data,
-        "loss_terms": loss_terms,
-    }
-    with _given(recipe, overrides, **given) as cfg:
+    with _given(recipe, overrides, **_objects(teacher, student, tokenizer, data, loss_terms)) as cfg:
         plan = prepare(cfg)
         folder_lock.refuse_if_held(Path(cfg.output.dir))
         run_folder.check(Path(cfg.output.dir), plan.cfg, resume=resume)
