@@ -27,8 +27,9 @@ PRECISIONS = ("no", "bf16", "fp16")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULERS = ("linear", "cosine", "constant")
 SEQUENCE_KD = ("replace", "mix")
-# Accelerate's trackers (each needs its own package installed; `validate` says which is missing).
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # Accelerate's placements
+CACHE_FORMATS = ("exact", "compact")  # a teacher store's top-k entries: distill/store_codec.py
+# Accelerate's trackers (each needs its own package installed; `validate` says which is missing).
 TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
 MAX_TEMPERATURE = 1000.0
 MAX_THREADS = 1024
@@ -82,6 +83,8 @@ class TeacherConfig:
     )  # with architecture: the stage that trains it
     cache: bool = False  # compute the teacher's outputs once into a store; the student reads them
     cache_top_k: int = 32  # token-level tasks: teacher tokens kept per target token (+ a tail bucket)
+    cache_format: str = "exact"  # token-level tasks: exact (float32 log-probabilities, int32 ids) | compact (Elias-Fano ids, cache_bits-bit log-probabilities: distill/store_codec.py)
+    cache_bits: int = 6  # with cache_format=compact: bits per kept log-probability (2 to 12)
     cache_dir: str = ""  # where the store is (default OUTPUT/teacher_outputs); runs may share one
     cache_shard_size: int = 1024  # examples per shard: the unit of resume and of the split between processes
     device_map: str = ""  # "" (the whole teacher on the run's device) | auto | balanced | balanced_low_0 | sequential: Accelerate's big-model placement across GPUs, CPU and disk, for a teacher larger than a device (one process; not trained here)
@@ -131,6 +134,9 @@ class TeacherConfig:
                     f"{key}.max_memory.{device}: '{size}' is not a size (e.g. 20GiB, 500MB)"
                 ) from None
         positive(f"{key}.cache_top_k", self.cache_top_k)
+        one_of(f"{key}.cache_format", self.cache_format, CACHE_FORMATS)
+        if not 2 <= self.cache_bits <= 12:
+            raise DistillError(f"{key}.cache_bits: {self.cache_bits} is not between 2 and 12")
         positive(f"{key}.cache_shard_size", self.cache_shard_size)
         self.finetune.check(f"{key}.finetune")
         self.train.check(f"{key}.train")
@@ -525,6 +531,11 @@ class RecipeConfig:
             raise DistillError(
                 "teacher.cache: custom loss terms read the teacher's outputs on each batch, which the "
                 "store does not keep whole; set teacher.cache=false"
+            )
+        if self.teacher.cache_format != "exact" and not tasks.TASKS[self.task].TOKEN_LEVEL:
+            raise DistillError(
+                f"teacher.cache_format: {self.teacher.cache_format} is for token-level tasks' top-k entries; "
+                f"a {self.task} store keeps a few logits per example, exactly (set teacher.cache_format=exact)"
             )
         if self.teacher.cache and self.loss.alpha == 0:
             raise DistillError(

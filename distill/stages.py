@@ -322,6 +322,7 @@ def _training_signal(state: RunState, teacher: torch.nn.Module, start: StudentSt
             batch_size=cfg.eval.batch_size,
             chunk=cfg.teacher.cache_shard_size,
             vocabulary=_vocabulary(state.plan),
+            bits=cfg.teacher.cache_bits if cfg.teacher.cache_format == "compact" else 0,
         )
         place(teacher, "cpu")  # the student stage does not need it on the device
         loss_step = LossStep(task, cfg.loss, store=store, vocabulary=_vocabulary(state.plan))

@@ -8,7 +8,9 @@ student stage, and writes what the soft loss needs into ``OUTPUT/teacher_outputs
 - translation (every token-level task): for each real target token, the log-probabilities at
   ``loss.temperature`` of the teacher's ``teacher.cache_top_k`` most likely tokens, their ids, and
   the log of the probability left over (the tail), which the sparse losses keep as a bucket of its
-  own (:mod:`distill.losses`).
+  own (:mod:`distill.losses`). ``teacher.cache_format: exact`` keeps them as float32 and int32 (8
+  bytes per entry); ``compact`` in a fixed number of bytes per token, the ids Elias-Fano coded and
+  the log-probabilities quantized to ``teacher.cache_bits`` bits (:mod:`distill.store_codec`).
 
 Format: safetensors shards, one per ``chunk`` examples. Safetensors rather than Arrow because the
 store is a handful of dense tensors per shard (tokens are flattened, with per-example offsets):
@@ -43,7 +45,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from distill import atomic
+from distill import atomic, store_codec
 from distill.errors import DistillError
 from distill.losses import TopK, top_k_of
 from distill.modeling import place, state_tensors
@@ -87,7 +89,9 @@ def check_settings(folder: Path, settings: dict[str, Any]) -> None:
     if not isinstance(recorded, dict) or atomic.read_json(folder / COMPLETE) is None:
         return  # an unfinished store of other settings is removed by the run, not reused
     current = atomic.strict(settings)
-    changed = sorted(k for k in current if recorded.get(k) != current[k])
+    # the weights and data digests are the run's to compare; a format key is absent when exact
+    keys = set(current) | {k for k in recorded if k.startswith("teacher.cache_")}
+    changed = sorted(k for k in keys if recorded.get(k) != current.get(k))
     if changed:
         raise DistillError(
             f"{folder} holds teacher outputs made with other settings ({', '.join(changed)} changed); "
@@ -105,13 +109,27 @@ class TeacherStore:
         self.folder = folder
         self.top_k = top_k
         record = atomic.read_json(folder / COMPLETE) or {}
+        self.format = record.get("teacher.cache_format", "exact")  # stores before compact: exact
+        if self.format not in ("exact", store_codec.FORMAT):
+            raise DistillError(
+                f"{folder}: teacher outputs in format '{self.format}', which this version of distill does "
+                f"not read (it reads exact and {store_codec.FORMAT}); delete the folder to compute them again"
+            )
+        self.layout: tuple[int, int, int] | None = None  # compact: (k, bits, vocabulary)
         self.paths = [folder / name for name in record.get("shards", [])]
         self._open: dict[int, Any] = {}  # shard -> its safe_open handle, opened on first use
         rows, shard, local, starts, lengths = [], [], [], [], []
         self.bytes = 0
-        names = ("logprobs", "ids", "tail") if top_k else ("logits",)
+        names = self._names() if top_k else ("logits",)
         for i, path in enumerate(self.paths):
             with safe_open(str(path), framework="pt") as f:
+                if self.format != "exact":
+                    layout = tuple(f.get_tensor("layout").tolist())
+                    if self.layout not in (None, layout):
+                        raise DistillError(
+                            f"{path}: coded unlike the store's other shards; delete the folder"
+                        )
+                    self.layout = layout
                 these = f.get_tensor("rows")
                 rows.append(these)
                 shard.append(torch.full_like(these, i))
@@ -134,6 +152,10 @@ class TeacherStore:
         if top_k:
             self.start, self.length = torch.cat(starts)[order], torch.cat(lengths)[order]
 
+    def _names(self) -> tuple[str, ...]:
+        """The per-token tensors of a top-k shard."""
+        return ("logprobs", "ids", "tail") if self.format == "exact" else ("ids", "codes", "step", "mass")
+
     def _file(self, shard: int) -> Any:
         if shard not in self._open:
             self._open[shard] = safe_open(str(self.paths[shard]), framework="pt")
@@ -147,7 +169,10 @@ class TeacherStore:
         """The teacher's mean probability outside its stored top k, read one shard at a time."""
         total, count = 0.0, 0
         for i in range(len(self.paths)):
-            tail = self._file(i).get_tensor("tail").float()
+            if self.format == "exact":
+                tail = self._file(i).get_tensor("tail").float()
+            else:
+                tail = store_codec.split(self._file(i).get_tensor("mass").float())[1]
             total, count = total + float(tail.exp().sum()), count + len(tail)
         return total / max(count, 1)
 
@@ -165,12 +190,18 @@ class TeacherStore:
             raise DistillError(
                 f"{self.folder}: stored target lengths differ from the batch's; delete the folder"
             )
-        pieces: dict[str, list[torch.Tensor]] = {"logprobs": [], "ids": [], "tail": []}
+        pieces: dict[str, list[torch.Tensor]] = {name: [] for name in self._names()}
         for f, start, n in zip(shards, self.start[rows].tolist(), counts.tolist(), strict=True):
             handle = self._file(f)
             for name, out in pieces.items():
                 out.append(handle.get_slice(name)[start : start + n])
-        logprobs, ids, tail = (torch.cat(pieces[name]) for name in ("logprobs", "ids", "tail"))
+        parts = {name: torch.cat(out) for name, out in pieces.items()}
+        if self.format == "exact":
+            logprobs, ids, tail = parts["logprobs"], parts["ids"], parts["tail"]
+        else:
+            assert self.layout is not None
+            k, bits, vocabulary = self.layout
+            logprobs, ids, tail = store_codec.decode(parts, k, vocabulary, bits)
         k = ids.shape[-1]
         dense_logprobs = torch.zeros(*labels.shape, k, dtype=logprobs.dtype)
         dense_ids = torch.zeros(*labels.shape, k, dtype=ids.dtype)
@@ -198,9 +229,11 @@ def build(
     batch_size: int,
     chunk: int = 1024,
     vocabulary: int | None = None,
+    bits: int = 0,
 ) -> TeacherStore:
     """The complete store of the teacher's soft labels over ``dataset`` in ``folder``: read if it
-    is there (verified), else computed (continuing an interrupted build)."""
+    is there (verified), else computed (continuing an interrupted build). ``bits`` > 0: top-k
+    entries in the compact format, log-probabilities in that many bits."""
 
     def compute(rows: list[int]) -> dict[str, torch.Tensor]:
         return _compute(
@@ -214,6 +247,7 @@ def build(
             temperature,
             batch_size,
             vocabulary,
+            bits,
         )
 
     build_shards(accelerator, teacher, dataset, folder, settings=settings, chunk=chunk, compute=compute)
@@ -348,11 +382,14 @@ def _compute(
     temperature: float,
     batch_size: int,
     vocabulary: int | None = None,
+    bits: int = 0,
 ) -> dict[str, torch.Tensor]:
     """One shard: the teacher's outputs for ``rows``, in order (over the first ``vocabulary`` ids:
     the tokenizer's, where the output layer is padded beyond them)."""
     teacher.eval()
     logits_out, logprobs, ids, tails, lengths = [], [], [], [], []
+    coded: list[dict[str, torch.Tensor]] = []
+    universe = 0
     for start in range(0, len(rows), batch_size):
         batch = collate([dataset[r] for r in rows[start : start + batch_size]])
         inputs = {
@@ -368,8 +405,12 @@ def _compute(
         mask = batch["labels"].to(logits.device) != -100
         lengths.append(mask.sum(-1).cpu())
         real = logits[mask]  # [tokens, vocabulary], in row order
+        universe = real.shape[-1]
         for part in range(0, len(real), TOKEN_CHUNK):
             top = top_k_of(real[part : part + TOKEN_CHUNK], top_k, temperature)
+            if bits:
+                coded.append(store_codec.encode(top.logprobs, top.ids, top.tail, universe, bits))
+                continue
             logprobs.append(top.logprobs.cpu())
             ids.append(top.ids.to(torch.int32).cpu())
             tails.append(top.tail.cpu())
@@ -378,5 +419,13 @@ def _compute(
         out["logits"] = torch.cat(logits_out)
         return out
     out["offsets"] = torch.cat([torch.zeros(1, dtype=torch.long), torch.cat(lengths).cumsum(0)])
+    if bits:
+        k = min(top_k, universe)
+        empty = store_codec.encode(
+            torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long), torch.zeros(0), universe, bits
+        )
+        out.update({name: torch.cat([c[name] for c in coded] or [empty[name]]) for name in empty})
+        out["layout"] = torch.tensor([k, bits, universe])
+        return out
     out.update(logprobs=torch.cat(logprobs), ids=torch.cat(ids), tail=torch.cat(tails))
     return out

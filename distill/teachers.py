@@ -12,6 +12,7 @@ import torch
 from datasets import DatasetDict
 from transformers import AutoConfig
 
+from distill import store_codec
 from distill.config import RecipeConfig, to_dict
 from distill.errors import DistillError
 from distill.modeling import decoder_inputs_builder, teacher_dtype
@@ -112,4 +113,8 @@ def store_settings(cfg: RecipeConfig) -> dict[str, Any]:
                 "loss.temperature": cfg.loss.temperature,
             }
         )
+        if cfg.teacher.cache_format == "compact":  # exact stores record no format: they predate it
+            settings.update(
+                {"teacher.cache_format": store_codec.FORMAT, "teacher.cache_bits": cfg.teacher.cache_bits}
+            )
     return settings

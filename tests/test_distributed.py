@@ -213,3 +213,40 @@ def test_two_processes_distil_a_decoder_only_model_as_one(tmp_path, pairs_csv):
         ma, mb = ra["by_name"][model]["metrics"], rb["by_name"][model]["metrics"]
         assert ma["perplexity"] == pytest.approx(mb["perplexity"], rel=1e-4), model
         assert ma["chrf"] == pytest.approx(mb["chrf"], rel=1e-3), model
+
+
+def test_two_processes_build_and_read_a_compact_store_as_one(tmp_path, pairs_csv):
+    """Translation from a compact teacher store: each process writes its own shards (bit-identical
+    to one process's) and reads its own batches' rows; the losses are one process's."""
+    from conftest import save_tiny_marian, translation_recipe
+    from safetensors.torch import load_file
+
+    # no dropout: each process draws its own masks
+    teacher = save_tiny_marian(
+        tmp_path / "teacher", dropout=0.0, attention_dropout=0.0, activation_dropout=0.0
+    )
+    raw = translation_recipe(
+        teacher,
+        pairs_csv,
+        tmp_path / "unused",
+        teacher={"cache": True, "cache_top_k": 8, "cache_shard_size": 64, "cache_format": "compact"},
+        train={"steps": 4, "log_every": 1},
+        eval={"batch_size": 8, "latency": False},
+    )
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    one, two = tmp_path / "one", tmp_path / "two"
+    launch(
+        [sys.executable, "-m", "distill.cli", "run", str(recipe), f"output.dir={one}", "train.batch_size=8"],
+        tmp_path,
+    )
+    proc = launch(torchrun(recipe, two, "train.batch_size=4"), tmp_path)
+    assert "teacher outputs: 0 of 5 shards stored, computing 5" in proc.stdout
+    a = sorted((one / "teacher_outputs").glob("shard_*.safetensors"))
+    b = sorted((two / "teacher_outputs").glob("shard_*.safetensors"))
+    assert [p.name for p in a] == [p.name for p in b] and len(a) == 5  # 260 examples in shards of 64
+    for x, y in zip(a, b, strict=True):
+        tx, ty = load_file(str(x)), load_file(str(y))
+        assert "codes" in tx and all(torch.equal(tx[k], ty[k]) for k in tx), x.name
+    la = [h["train/loss"] for h in _history(one)]
+    lb = [h["train/loss"] for h in _history(two)]
+    assert len(la) == 4 and la == pytest.approx(lb, rel=1e-4)

@@ -438,17 +438,24 @@ def test_interrupted_teacher_outputs_resume_to_the_same_weights(seq_setup):
     assert "teacher outputs" in stages, stages
 
 
-@pytest.fixture(scope="module")
-def store_setup(tmp_path_factory):
-    """Translation with teacher.cache: top-8 soft labels in shards of 40 examples (14 shards)."""
-    tmp = tmp_path_factory.mktemp("storefaults")
+@pytest.fixture(scope="module", params=["exact", "compact"])
+def store_setup(tmp_path_factory, request):
+    """Translation with teacher.cache: top-8 soft labels in shards of 40 examples (14 shards),
+    in either format (compact: 5-bit log-probabilities)."""
+    tmp = tmp_path_factory.mktemp(f"storefaults_{request.param}")
     teacher = save_tiny_marian(tmp / "teacher")
     data = write_csv(tmp / "pairs.csv", translation_rows(600))
     raw = translation_recipe(
         teacher,
         data,
         tmp / "unused",
-        teacher={"cache": True, "cache_top_k": 8, "cache_shard_size": 40},
+        teacher={
+            "cache": True,
+            "cache_top_k": 8,
+            "cache_shard_size": 40,
+            "cache_format": request.param,
+            "cache_bits": 5,
+        },
         train={"steps": 6, "checkpoint_every": 1, "keep_checkpoints": 2, "log_every": 4},
         eval={"latency": False},
     )
@@ -479,6 +486,10 @@ def test_interrupted_teacher_store_resumes_to_the_same_store_and_weights(store_s
 
     expected = shards(reference / "teacher_outputs")
     assert len(expected) == 14
+    compact = json.loads((reference / "teacher_outputs" / "complete.json").read_text()).get(
+        "teacher.cache_format"
+    )
+    assert ("codes" in expected["shard_00000.safetensors"]) == (compact == "compact-1")
     with ThreadPoolExecutor(max_workers=2) as pool:
         outcomes = list(pool.map(lambda it: run_trial(*it, store_setup, keep=True), enumerate(STORE_TRIALS)))
     for index, o in enumerate(outcomes):
