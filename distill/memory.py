@@ -6,7 +6,8 @@ Each is named in the resolved recipe by its kind and fingerprint, ``memory:teach
 changed setting, naming it. A model is saved once, with its tokenizer, into a private temporary
 folder, and every load reads that folder with the ordinary ``from_pretrained`` (the caller's object
 is never changed, and what the run loads is exactly what a folder would give); the folder is
-removed when the call that passed it returns. A data set is used as it is. The fingerprint of a
+removed when the call that passed it returns (a process killed before that leaves it behind; the
+next process to save one removes the folders of processes no longer running). A data set is used as it is. The fingerprint of a
 model is that of the files it saves to (weights, config, tokenizer), of a data set its content:
 every split's features and rows.
 """
@@ -14,6 +15,7 @@ every split's features and rows.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -40,7 +42,7 @@ def add_model(role: str, model: Any, tokenizer: Any) -> str:
         raise DistillError(f"{role}=: a transformers PreTrainedModel, not a {type(model).__name__}")
     if not hasattr(tokenizer, "save_pretrained") or not hasattr(tokenizer, "convert_tokens_to_ids"):
         raise DistillError(f"tokenizer=: a transformers tokenizer, not a {type(tokenizer).__name__}")
-    folder = tempfile.mkdtemp(prefix=f"distill-{role}-")
+    folder = private_folder(role)
     try:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
@@ -53,6 +55,27 @@ def add_model(role: str, model: Any, tokenizer: Any) -> str:
     else:
         _folders[reference] = folder
     return reference
+
+
+def private_folder(role: str) -> str:
+    """A new private temporary folder named by ``role`` and this process, after removing those of
+    earlier processes that are no longer running (killed before they could remove their own)."""
+    root = Path(tempfile.gettempdir())
+    for stale in root.glob(f"distill-{role}-*-*"):
+        pid = stale.name.split("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"distill-{role}-{os.getpid()}-")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def add_data(data: Any) -> str:

@@ -332,9 +332,10 @@ def placement(cfg: Any) -> dict[str, Any]:
         return {}
     import atexit
     import shutil
-    import tempfile
 
-    folder = tempfile.mkdtemp(prefix="distill-offload-")
+    from distill.memory import private_folder
+
+    folder = private_folder("offload")  # a killed run's is removed by the next one
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     memory = {int(k) if str(k).isdigit() else k: v for k, v in cfg.max_memory.items()}
     return {

@@ -200,3 +200,32 @@ def test_objects_in_memory_in_bf16_with_a_loss_term_reproduce_their_report(task,
     for name, row in report["by_name"].items():
         if name != "teacher" or task != "classification":  # the run fine-tuned its own teacher
             assert second[name]["metrics"] == row["metrics"], name
+
+
+def test_a_killed_process_s_model_copies_are_removed_by_the_next(tmp_path, monkeypatch):
+    """A model passed from Python is saved to a private folder named by the process; one left
+    behind by a process killed before it could remove it is removed when the next one saves."""
+    import tempfile
+
+    from conftest import save_tiny_bert
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / "tmp" / f"distill-teacher-{int(dead.stdout)}-abc123"
+    alive = tmp_path / "tmp" / f"distill-teacher-{os.getppid()}-def456"  # a running process's: kept
+    for folder in (stale, alive):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x" * 100)
+    saved = save_tiny_bert(tmp_path / "teacher")
+    model = AutoModelForSequenceClassification.from_pretrained(saved)
+    reference = memory.add_model("teacher", model, AutoTokenizer.from_pretrained(saved))
+    mine = Path(memory.folder(reference))
+    assert not stale.exists() and alive.exists()
+    assert mine.parent == tmp_path / "tmp" and mine.name.startswith(f"distill-teacher-{os.getpid()}-")
+    assert (mine / "model.safetensors").is_file()
+    memory.release([reference])
+    assert not mine.exists() and alive.exists()
