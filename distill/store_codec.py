@@ -48,21 +48,32 @@ def bytes_per_token(vocabulary: int, k: int, bits: int) -> int:
 
 
 def pack(values: np.ndarray, width: int) -> np.ndarray:
-    """``[n, m]`` non-negative integers below ``2**width`` as ``[n, ceil(m * width / 8)]`` bytes."""
+    """``[n, m]`` non-negative integers below ``2**width`` (at most 32) as
+    ``[n, ceil(m * width / 8)]`` bytes, the bits of each value in turn, least significant first."""
     n, m = values.shape
     if width == 0:
         return np.zeros((n, 0), dtype=np.uint8)
-    bits = (values[..., None] >> np.arange(width, dtype=values.dtype)) & 1
-    return np.packbits(bits.astype(np.uint8).reshape(n, m * width), axis=1, bitorder="little")
+    as_bytes = values.astype("<u4").view(np.uint8).reshape(n, m, 4)
+    bits = np.unpackbits(as_bytes, axis=-1, bitorder="little")[..., :width]  # uint8: 32 per value
+    return np.packbits(bits.reshape(n, m * width), axis=1, bitorder="little")
 
 
 def unpack(packed: np.ndarray, m: int, width: int) -> np.ndarray:
-    """The inverse of :func:`pack`: ``[n, m]`` int64."""
+    """The inverse of :func:`pack` (``width`` at most 25): ``[n, m]`` int64, each value read from
+    the four bytes that hold it (a few bytes per value of working memory, no bit arrays)."""
     n = packed.shape[0]
     if width == 0:
         return np.zeros((n, m), dtype=np.int64)
-    bits = np.unpackbits(packed, axis=1, count=m * width, bitorder="little").reshape(n, m, width)
-    return (bits.astype(np.int64) << np.arange(width, dtype=np.int64)).sum(-1)
+    if width > 25:
+        raise ValueError(f"at most 25 bits per value, not {width}")
+    padded = np.zeros((n, packed.shape[1] + 4), dtype=np.uint32)
+    padded[:, : packed.shape[1]] = packed
+    offset = np.arange(m, dtype=np.int64) * width
+    first, shift = offset >> 3, (offset & 7).astype(np.uint32)
+    window = (
+        padded[:, first] | padded[:, first + 1] << 8 | padded[:, first + 2] << 16 | padded[:, first + 3] << 24
+    )
+    return ((window >> shift) & np.uint32((1 << width) - 1)).astype(np.int64)
 
 
 def encode_ids(ids: np.ndarray, vocabulary: int) -> np.ndarray:

@@ -235,6 +235,9 @@ def build(
     is there (verified), else computed (continuing an interrupted build). ``bits`` > 0: top-k
     entries in the compact format, log-probabilities in that many bits."""
 
+    if bits:  # what the reader decodes by (store_settings names it too, for validate's check)
+        settings = {**settings, "teacher.cache_format": store_codec.FORMAT, "teacher.cache_bits": bits}
+
     def compute(rows: list[int]) -> dict[str, torch.Tensor]:
         return _compute(
             accelerator,

@@ -164,6 +164,26 @@ def test_compact_is_refused_for_a_classification_store(tmp_path, data_csv, capsy
         tmp_path / "out",
         teacher={"name_or_path": str(t), "cache": True, "cache_format": "compact"},
     )
+    capsys.readouterr()
     assert main(["validate", str(write_recipe(tmp_path / "r.yaml", raw))]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "teacher.cache_format: compact is for token-level tasks" in err
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"cache_format": "bits"}, "teacher.cache_format: "),
+        ({"cache_format": "compact", "cache_bits": 1}, "teacher.cache_bits: 1 is not between 2 and 12"),
+        ({"cache_bits": 4}, "teacher.cache_bits: only with teacher.cache_format=compact"),
+    ],
+)
+def test_store_format_keys_are_checked_in_one_line(tmp_path, pairs_csv, capsys, keys, message):
+    teacher = save_seq2seq(tmp_path / "teacher", "marian")
+    raw = translation_recipe(teacher, pairs_csv, tmp_path / "out")
+    raw["teacher"].update(cache=True, **keys)
+    capsys.readouterr()
+    assert main(["validate", str(write_recipe(tmp_path / "r.yaml", raw))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err
+    assert not (tmp_path / "out").exists()
