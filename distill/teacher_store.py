@@ -179,6 +179,10 @@ class TeacherStore:
     def batch(self, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | TopK:
         """Teacher outputs laid out like the student's logits: ``[batch, labels]`` logits, or a
         :class:`TopK` with ``[batch, target_len, k]`` entries at the real target tokens."""
+        with torch.autocast("cpu", enabled=False):  # read and decoded on the CPU, as stored (float16
+            return self._batch(rows, labels)  # steps, float32 masses): not the student's autocast
+
+    def _batch(self, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | TopK:
         rows = rows.cpu()
         shards, local = self.shard[rows].tolist(), self.local[rows].tolist()
         if not self.top_k:

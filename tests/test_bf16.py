@@ -85,13 +85,14 @@ def test_classification_in_bf16_every_stage(tmp_path, data_csv):
     assert accuracy == pytest.approx(report["by_name"]["student"]["metrics"]["accuracy"])
 
 
-def test_translation_in_bf16_with_sequence_kd_and_a_teacher_store(tmp_path, pairs_csv):
+@pytest.mark.parametrize("store_format", ["exact", "compact"])
+def test_translation_in_bf16_with_sequence_kd_and_a_teacher_store(tmp_path, pairs_csv, store_format):
     out = tmp_path / "out"
     raw = translation_recipe(
         save_tiny_marian(tmp_path / "teacher"),
         pairs_csv,
         out,
-        teacher={"cache": True},
+        teacher={"cache": True, "cache_format": store_format},
         loss={"sequence_kd": "mix"},
         train=BF16,
     )
@@ -99,6 +100,9 @@ def test_translation_in_bf16_with_sequence_kd_and_a_teacher_store(tmp_path, pair
     assert_reproduced(report, again)
     store = json.loads((out / "teacher_outputs" / "complete.json").read_text())
     assert store["train.mixed_precision"] == "bf16"
+    assert (
+        store.get("teacher.cache_format", "exact") == {"exact": "exact", "compact": "compact-1"}[store_format]
+    )
     assert (out / "pseudo_targets" / "complete.json").is_file()
 
 
