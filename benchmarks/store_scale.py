@@ -168,15 +168,14 @@ def distortion(folder: Path, bits_list=(4, 5, 6, 8)) -> list[str]:
 
     record = json.loads((folder / "complete.json").read_text())
     sums = {b: [0.0, 0.0, 0.0] for b in (*bits_list, "bf16")}  # KL sum, KL max, bound sum
-    count, vocabulary, k = 0, None, None
+    count, k = 0, None
     for name in record["shards"]:
         shard = load_file(str(folder / name))
         logprobs, ids, tail = shard["logprobs"].float(), shard["ids"].long(), shard["tail"].float()
         if not len(tail):
             continue
         k = ids.shape[-1]
-        vocabulary = vocabulary or int(record.get("vocabulary", 0)) or None
-        universe = max(int(ids.max()) + 1, vocabulary or 0)
+        universe = int(ids.max()) + 1  # the ids are kept exactly: any universe that holds them
         order = ids.argsort(-1)
         exact = torch.cat([logprobs.gather(-1, order), tail.clamp(min=-1e4).unsqueeze(-1)], -1)
         for b in sums:

@@ -138,7 +138,9 @@ class TeacherConfig:
         if not 2 <= self.cache_bits <= 12:
             raise DistillError(f"{key}.cache_bits: {self.cache_bits} is not between 2 and 12")
         if self.cache_format == "exact" and self.cache_bits != TeacherConfig.cache_bits:
-            raise DistillError(f"{key}.cache_bits: only with {key}.cache_format=compact (exact keeps float32)")
+            raise DistillError(
+                f"{key}.cache_bits: only with {key}.cache_format=compact (exact keeps float32)"
+            )
         positive(f"{key}.cache_shard_size", self.cache_shard_size)
         self.finetune.check(f"{key}.finetune")
         self.train.check(f"{key}.train")
