@@ -1,7 +1,7 @@
 """A teacher store at language-model scale: bytes per token, the streaming reader's memory and speed,
 and what the compact format gives up.
 
-    python benchmarks/store_scale.py [--tokens 200000] [--seq 128] [--exact-store DIR ...]
+    python benchmarks/store_scale.py [--tokens 200000] [--seq 128] [--exact-store DIR ...] [--dir DIR]
 
 A Qwen-style tiny teacher (Qwen2, 151,936 output rows as Qwen2.5's, 2 layers of width 32, random
 weights) runs over random token sequences through distill's own store code
@@ -213,6 +213,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8, help="rows per batch the reader is asked for")
     parser.add_argument("--exact-store", type=Path, action="append", default=[])
+    parser.add_argument("--dir", type=Path, help="keep the stores here (a later run reads them back)")
     parser.add_argument("--read", nargs=3, help=argparse.SUPPRESS)  # the reader's own process
     args = parser.parse_args()
     if args.read:
@@ -222,7 +223,7 @@ def main() -> None:
     from distill import store_codec
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = args.dir or Path(tmp)
         sizes = {}
         for k in (32, 128):
             for fmt, bits in (("exact", 0), ("compact", 6)):

@@ -128,12 +128,18 @@ def split(mass: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(mass < 0, small, other), torch.where(mass < 0, other, small)
 
 
-def decode(parts: dict[str, torch.Tensor], k: int, vocabulary: int, bits: int):
+def decode(parts: dict[str, torch.Tensor], k: int, vocabulary: int, bits: int, chunk: int = 256):
     """The inverse of :func:`encode`: ``(logprobs [n, k] float32, ids [n, k] int32, tail [n])``,
-    the ids ascending and the k probabilities renormalised to their stored mass."""
-    ids = decode_ids(parts["ids"].numpy(), k, vocabulary)
-    codes = torch.from_numpy(unpack(parts["codes"].numpy(), k, bits)).float()
-    kept, tail = split(parts["mass"].float())
-    relative = -codes * parts["step"].float().unsqueeze(-1)
-    logprobs = relative - torch.logsumexp(relative, dim=-1, keepdim=True) + kept.unsqueeze(-1)
-    return logprobs, torch.from_numpy(ids).to(torch.int32), tail
+    the ids ascending and the k probabilities renormalised to their stored mass. Decoded
+    ``chunk`` tokens at a time, so the working memory beside the result stays small."""
+    n = len(parts["mass"])
+    logprobs, ids, tails = torch.empty(n, k), torch.empty(n, k, dtype=torch.int32), torch.empty(n)
+    coded_ids, codes, steps, masses = (parts[name] for name in ("ids", "codes", "step", "mass"))
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        ids[a:b] = torch.from_numpy(decode_ids(coded_ids[a:b].numpy(), k, vocabulary))
+        kept, tails[a:b] = split(masses[a:b].float())
+        relative = torch.from_numpy(unpack(codes[a:b].numpy(), k, bits)).float()
+        relative.mul_(steps[a:b].float().unsqueeze(-1)).neg_()
+        logprobs[a:b] = relative - torch.logsumexp(relative, dim=-1, keepdim=True) + kept.unsqueeze(-1)
+    return logprobs, ids, tails
