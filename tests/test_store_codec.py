@@ -122,6 +122,32 @@ def test_a_compact_store_decodes_to_the_exact_store_within_its_bound(tmp_path, p
     assert (
         got.logprobs[mask] - sorted_by_id(want.logprobs[mask], want.ids[mask].long())[0]
     ).abs().max() < 0.5
+    # The coded bytes read as the batch asks are the shards' bytes: decoded, bit for bit what the
+    # same tokens gathered from the whole shards decode to (decoding whole shards at once differs
+    # in the last bit at most: exp and log are vectorised by position).
+    coded, whole = {}, {}
+    for name in names:
+        c = load_file(str(compact / name))
+        lp, ids, tail = store_codec.decode(c, 16, vocabulary, 4, chunk=10**9)  # in one piece
+        for j, row in enumerate(c["rows"].tolist()):
+            a, b = int(c["offsets"][j]), int(c["offsets"][j + 1])
+            coded[row] = {key: c[key][a:b] for key in ("ids", "codes", "step", "mass")}
+            whole[row] = (lp[a:b], ids[a:b], tail[a:b])
+    gathered = {
+        key: torch.cat([coded[r][key] for r in picked.tolist()]) for key in ("ids", "codes", "step", "mass")
+    }
+    lp, ids, tail = store_codec.decode(gathered, 16, vocabulary, 4)
+    assert torch.equal(got.logprobs[mask], lp) and torch.equal(got.ids[mask], ids)
+    assert torch.equal(got.tail[mask], tail)
+    for i, row in enumerate(picked.tolist()):
+        lp, ids, tail = whole[row]
+        assert torch.allclose(got.logprobs[i][mask[i]], lp, rtol=1e-6, atol=0) and torch.equal(
+            got.ids[i][mask[i]], ids
+        )
+        assert torch.allclose(got.tail[i][mask[i]], tail, rtol=1e-6, atol=0)
+    assert compact_store.mean_tail_probability() == pytest.approx(
+        torch.cat([v[2] for v in whole.values()]).exp().mean().item(), rel=1e-5
+    )
     assert (tmp_path / "compact" / "student" / "model.safetensors").is_file()
 
 
