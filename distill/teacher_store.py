@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 ROW = "row"  # the column of the student's training split that indexes the store
 COMPLETE = "complete.json"
 SETTINGS = "settings.json"  # written first: what the shards in the folder are made with
+OPEN_SHARDS = 8  # shard files a reader keeps open at once
 TOKEN_CHUNK = 4096  # target tokens turned into top-k at a time (bounds the float32 log-softmax)
 
 
@@ -157,9 +158,15 @@ class TeacherStore:
         return ("logprobs", "ids", "tail") if self.format == "exact" else ("ids", "codes", "step", "mass")
 
     def _file(self, shard: int) -> Any:
-        if shard not in self._open:
-            self._open[shard] = safe_open(str(self.paths[shard]), framework="pt")
-        return self._open[shard]
+        """The shard's open handle; at most ``OPEN_SHARDS`` stay open (the least recently used is
+        closed), so the mapped pages a long run touches are let go with their handle."""
+        handle = self._open.pop(shard, None)
+        if handle is None:
+            handle = safe_open(str(self.paths[shard]), framework="pt")
+            if len(self._open) >= OPEN_SHARDS:
+                self._open.pop(next(iter(self._open)))
+        self._open[shard] = handle  # most recently used last
+        return handle
 
     @property
     def tokens(self) -> int:

@@ -71,7 +71,9 @@ def test_k128_over_a_qwen_vocabulary_fits_in_300_bytes_per_token():
     assert store_codec.bytes_per_token(151_936, 32, 6) == 87  # the exact format: 8 * 32 + 4 = 260
 
 
-def test_a_compact_store_decodes_to_the_exact_store_within_its_bound(tmp_path, pairs_csv, capsys):
+def test_a_compact_store_decodes_to_the_exact_store_within_its_bound(
+    tmp_path, pairs_csv, capsys, monkeypatch
+):
     """The same teacher and data stored both ways: the compact shards are smaller, read back as
     batches ask they equal the shards decoded whole, and every token is within its bound."""
     from distill.config import load_recipe
@@ -145,6 +147,15 @@ def test_a_compact_store_decodes_to_the_exact_store_within_its_bound(tmp_path, p
             got.ids[i][mask[i]], ids
         )
         assert torch.allclose(got.tail[i][mask[i]], tail, rtol=1e-6, atol=0)
+    # a reader that may keep two shard files open (the rows lie in three): the same batch
+    from distill import teacher_store
+
+    monkeypatch.setattr(teacher_store, "OPEN_SHARDS", 2)
+    few = TeacherStore(compact, top_k=True)
+    again = few.batch(picked, batch["labels"])
+    assert (
+        len(few._open) == 2 and torch.equal(again.logprobs, got.logprobs) and torch.equal(again.ids, got.ids)
+    )
     assert compact_store.mean_tail_probability() == pytest.approx(
         torch.cat([v[2] for v in whole.values()]).exp().mean().item(), rel=1e-5
     )
