@@ -16,7 +16,8 @@ its index alone (no per-token offsets) and a batch is decoded with a few vectori
   ``log(1 - exp(·))`` of it).
 
 Decoding renormalises the k entries to hold their exact mass. Each entry's log error is then at
-most one step (half a step of rounding, half of the renormalisation), so the per-token KL
+most one step (half a step of rounding, half of the renormalisation; entries more than ``RANGE``
+nats below the top, -inf included, are coded at ``RANGE`` below it), so the per-token KL
 from the exact to the decoded distribution over the k + 1 buckets is at most
 ``(exp(step) - 1)**2`` (KL ≤ χ²); what it is on real teachers is measured by
 ``benchmarks/store_scale.py``.
