@@ -454,7 +454,7 @@ def store_setup(tmp_path_factory, request):
             "cache_top_k": 8,
             "cache_shard_size": 40,
             "cache_format": request.param,
-            "cache_bits": 5,
+            **({"cache_bits": 5} if request.param == "compact" else {}),
         },
         train={"steps": 6, "checkpoint_every": 1, "keep_checkpoints": 2, "log_every": 4},
         eval={"latency": False},
