@@ -45,21 +45,22 @@ import torch
 VOCABULARY = 151_936
 
 
-def qwen_teacher():
+def qwen(layers: int, seed: int):
+    """A Qwen2-style tiny model with Qwen2.5's output rows (width 32, random weights)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=VOCABULARY,
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         tie_word_embeddings=True,
         max_position_embeddings=512,
     )
-    return Qwen2ForCausalLM(config).eval()
+    return Qwen2ForCausalLM(config)
 
 
 def build(folder: Path, tokens: int, seq: int, k: int, bits: int, batch: int = 8):
@@ -82,7 +83,7 @@ def build(folder: Path, tokens: int, seq: int, k: int, bits: int, batch: int = 8
     settings = {"benchmark": "store_scale", "k": k, "bits": bits, "seq": seq}
     return teacher_store.build(
         Accelerator(cpu=True),
-        qwen_teacher(),
+        qwen(layers=2, seed=0).eval(),
         data,
         collate,
         model_inputs,
@@ -130,22 +131,9 @@ def read_all(folder: str, seq: int, batch: int) -> None:
 
 
 def student_step_seconds(seq: int, batch: int, k: int, steps: int = 4) -> float:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from distill.losses import sparse_soft_kl, top_k_of
 
-    torch.manual_seed(2)
-    student = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=VOCABULARY,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            tie_word_embeddings=True,
-        )
-    )
+    student = qwen(layers=1, seed=2)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=True)
     ids = torch.randint(0, VOCABULARY, (batch, seq))
     teacher = top_k_of(torch.randn(batch, seq, VOCABULARY), k, 1.0)
