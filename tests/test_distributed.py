@@ -144,9 +144,28 @@ def test_two_processes_checkpoint_every_step_and_resume_after_sigterm(tmp_path, 
     assert history[0] == history[1]
 
 
-def test_two_processes_build_the_same_teacher_store_each_writing_its_shards(tmp_path, data_csv):
+def one_and_two_processes(recipe: Path, tmp_path: Path):
+    """The recipe run by one process with batches of 8 and by two (torchrun) with 4 each:
+    ``(one's folder, two's folder, two's finished process)``."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    launch(
+        [sys.executable, "-m", "distill.cli", "run", str(recipe), f"output.dir={one}", "train.batch_size=8"],
+        tmp_path,
+    )
+    return one, two, launch(torchrun(recipe, two, "train.batch_size=4"), tmp_path)
+
+
+def paired_shards(one: Path, two: Path) -> list[tuple[str, dict, dict]]:
+    """Both runs' teacher-store shards, by name (the same names in both)."""
     from safetensors.torch import load_file
 
+    a = sorted((one / "teacher_outputs").glob("shard_*.safetensors"))
+    b = sorted((two / "teacher_outputs").glob("shard_*.safetensors"))
+    assert [p.name for p in a] == [p.name for p in b]
+    return [(x.name, load_file(str(x)), load_file(str(y))) for x, y in zip(a, b, strict=True)]
+
+
+def test_two_processes_build_the_same_teacher_store_each_writing_its_shards(tmp_path, data_csv):
     teacher = save_tiny_bert(tmp_path / "teacher", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     raw = recipe_dict(
         teacher,
@@ -157,20 +176,13 @@ def test_two_processes_build_the_same_teacher_store_each_writing_its_shards(tmp_
         eval={"batch_size": 8, "latency": False},
     )
     recipe = write_recipe(tmp_path / "r.yaml", raw)
-    one, two = tmp_path / "one", tmp_path / "two"
-    launch(
-        [sys.executable, "-m", "distill.cli", "run", str(recipe), f"output.dir={one}", "train.batch_size=8"],
-        tmp_path,
-    )
-    proc = launch(torchrun(recipe, two, "train.batch_size=4"), tmp_path)
+    one, two, proc = one_and_two_processes(recipe, tmp_path)
     assert "teacher outputs: 0 of 7 shards stored, computing 7" in proc.stdout
-    a = sorted((one / "teacher_outputs").glob("shard_*.safetensors"))
-    b = sorted((two / "teacher_outputs").glob("shard_*.safetensors"))
-    assert [p.name for p in a] == [p.name for p in b] and len(a) == 7  # 320 examples in shards of 50
-    for x, y in zip(a, b, strict=True):
-        tx, ty = load_file(str(x)), load_file(str(y))
+    shards = paired_shards(one, two)
+    assert len(shards) == 7  # 320 examples in shards of 50
+    for name, tx, ty in shards:
         assert torch.equal(tx["rows"], ty["rows"])
-        assert torch.allclose(tx["logits"], ty["logits"], atol=1e-6), x.name
+        assert torch.allclose(tx["logits"], ty["logits"], atol=1e-6), name
     la = [h["train/loss"] for h in _history(one)]
     lb = [h["train/loss"] for h in _history(two)]
     assert la == pytest.approx(lb, rel=1e-4)
@@ -219,7 +231,6 @@ def test_two_processes_build_and_read_a_compact_store_as_one(tmp_path, pairs_csv
     """Translation from a compact teacher store: each process writes its own shards (bit-identical
     to one process's) and reads its own batches' rows; the losses are one process's."""
     from conftest import save_tiny_marian, translation_recipe
-    from safetensors.torch import load_file
 
     # no dropout: each process draws its own masks
     teacher = save_tiny_marian(
@@ -234,19 +245,12 @@ def test_two_processes_build_and_read_a_compact_store_as_one(tmp_path, pairs_csv
         eval={"batch_size": 8, "latency": False},
     )
     recipe = write_recipe(tmp_path / "r.yaml", raw)
-    one, two = tmp_path / "one", tmp_path / "two"
-    launch(
-        [sys.executable, "-m", "distill.cli", "run", str(recipe), f"output.dir={one}", "train.batch_size=8"],
-        tmp_path,
-    )
-    proc = launch(torchrun(recipe, two, "train.batch_size=4"), tmp_path)
+    one, two, proc = one_and_two_processes(recipe, tmp_path)
     assert "teacher outputs: 0 of 5 shards stored, computing 5" in proc.stdout
-    a = sorted((one / "teacher_outputs").glob("shard_*.safetensors"))
-    b = sorted((two / "teacher_outputs").glob("shard_*.safetensors"))
-    assert [p.name for p in a] == [p.name for p in b] and len(a) == 5  # 260 examples in shards of 64
-    for x, y in zip(a, b, strict=True):
-        tx, ty = load_file(str(x)), load_file(str(y))
-        assert "codes" in tx and all(torch.equal(tx[k], ty[k]) for k in tx), x.name
+    shards = paired_shards(one, two)
+    assert len(shards) == 5  # 260 examples in shards of 64
+    for name, tx, ty in shards:
+        assert "codes" in tx and all(torch.equal(tx[k], ty[k]) for k in tx), name
     la = [h["train/loss"] for h in _history(one)]
     lb = [h["train/loss"] for h in _history(two)]
     assert len(la) == 4 and la == pytest.approx(lb, rel=1e-4)
