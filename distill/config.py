@@ -18,7 +18,7 @@ from distill import recipe_yaml
 from distill.errors import DistillError
 from distill.typed_config import build, in_range, non_negative, one_of, positive, seed
 
-TASKS = ("classification", "translation", "causal_lm")
+TASKS = ("classification", "translation", "causal_lm", "token_classification")
 SOFT_LOSSES = ("kl", "reverse_kl", "jsd")
 HIDDEN_LOSSES = ("mse", "cosine")
 STUDENT_INITS = ("copy_layers", "prune", "from_config", "pretrained")

@@ -165,6 +165,8 @@ def _filled(value: object) -> bool:
         return bool(value.strip())
     if isinstance(value, dict):  # e.g. a translation column: {"en": ..., "fr": ...}
         return all(_filled(v) for v in value.values())
+    if isinstance(value, list):  # e.g. a token-classification example's words or tags
+        return bool(value)
     return True
 
 
@@ -174,6 +176,8 @@ _URL = re.compile(r"https?://\S+")
 
 def normalise_text(text: object) -> str:
     """The key used to find repeated texts: lower case, URLs and leading retweet markers removed, spaces collapsed."""
+    if isinstance(text, list):  # a token-classification example's words
+        text = " ".join(str(w) for w in text)
     text = _URL.sub(" ", str(text).lower())
     return " ".join(_RETWEET.sub("", text.strip()).split())
 

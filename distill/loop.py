@@ -88,11 +88,18 @@ def evaluate(
             references.extend(accelerator.gather_for_metrics(list(refs), use_gather_object=True))
         predictions.extend(preds.cpu().tolist())
     model.train(was_training)
-    scores = task.compute_metrics(predictions, references, tokenizer)
+    names = label_names(model)
+    scores = task.compute_metrics(predictions, references, tokenizer, names)
     extra = list(getattr(settings, "metrics", None) or [])
     if extra:
-        scores.update(compute_extra(extra, *task.metric_inputs(predictions, references, tokenizer)))
+        scores.update(compute_extra(extra, *task.metric_inputs(predictions, references, tokenizer, names)))
     return scores
+
+
+def label_names(model: nn.Module) -> list[str]:
+    """The model's label names by id (``config.id2label``): what tag ids mean to the metrics."""
+    config = model.config
+    return [str(config.id2label[i]) for i in range(int(getattr(config, "num_labels", 0) or 0))]
 
 
 def latest_checkpoint(stage_dir: Path) -> Path | None:

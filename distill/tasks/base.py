@@ -67,10 +67,14 @@ class Task(Protocol):
     def eval_step(self, model: Any, batch: dict[str, Any], settings: Any = None) -> tuple[Any, Any]:
         """One batch's predictions and references."""
 
-    def compute_metrics(self, predictions: list, references: list, tokenizer: Any = None) -> dict[str, float]:
-        """The task's metrics of all predictions."""
+    def compute_metrics(
+        self, predictions: list, references: list, tokenizer: Any = None, label_names: list[str] | None = None
+    ) -> dict[str, float]:
+        """The task's metrics of all predictions (``label_names``: the model's, id i is names[i])."""
 
-    def metric_inputs(self, predictions: list, references: list, tokenizer: Any = None) -> tuple[list, list]:
+    def metric_inputs(
+        self, predictions: list, references: list, tokenizer: Any = None, label_names: list[str] | None = None
+    ) -> tuple[list, list]:
         """What extra `evaluate` metrics (eval.metrics) are given."""
 
     def latency_modes(self, settings: Any = None) -> dict[str, Any]:

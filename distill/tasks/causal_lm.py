@@ -296,7 +296,9 @@ def decode(tokenizer: Any, rows: list) -> list[str]:
     return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
-def compute_metrics(predictions: list, references: list, tokenizer: Any = None) -> dict[str, float]:
+def compute_metrics(
+    predictions: list, references: list, tokenizer: Any = None, label_names: list[str] | None = None
+) -> dict[str, float]:
     """Perplexity of the references, exact match and corpus chrF (sacrebleu) of greedy completions."""
     nll = sum(row[0] for row in predictions)
     tokens = sum(row[1] for row in predictions)
@@ -309,7 +311,9 @@ def compute_metrics(predictions: list, references: list, tokenizer: Any = None) 
     }
 
 
-def metric_inputs(predictions: list, references: list, tokenizer: Any = None) -> tuple[list, list]:
+def metric_inputs(
+    predictions: list, references: list, tokenizer: Any = None, label_names: list[str] | None = None
+) -> tuple[list, list]:
     return decode(tokenizer, predictions), [[r.strip()] for r in references]
 
 

@@ -104,7 +104,7 @@ def prepare_targets(
         names = [str(i) for i in range(int(max(raw["train"][cfg.label_column])) + 1)]
 
     if head_trained:
-        names = _align_with_teacher(
+        names = align_with_teacher(
             names, teacher_config, explicit=cfg.label_names is not None or data_names is not None
         )
 
@@ -144,7 +144,7 @@ def prepare_targets(
     return out, names
 
 
-def _align_with_teacher(names: list[str], teacher_config: Any, explicit: bool) -> list[str]:
+def align_with_teacher(names: list[str], teacher_config: Any, explicit: bool) -> list[str]:
     n_teacher = int(teacher_config.num_labels)
     teacher_names = [str(teacher_config.id2label[i]) for i in range(n_teacher)]
     if n_teacher != len(names):
@@ -231,7 +231,9 @@ def eval_step(
     return infer(model, batch).argmax(-1), batch["labels"]
 
 
-def compute_metrics(predictions: list, references: list, tokenizer: Any = None) -> dict[str, float]:
+def compute_metrics(
+    predictions: list, references: list, tokenizer: Any = None, label_names: list[str] | None = None
+) -> dict[str, float]:
     predictions, references = np.asarray(predictions), np.asarray(references)
     return {
         "accuracy": float(accuracy_score(references, predictions)),
@@ -239,6 +241,8 @@ def compute_metrics(predictions: list, references: list, tokenizer: Any = None) 
     }
 
 
-def metric_inputs(predictions: list, references: list, tokenizer: Any = None) -> tuple[list, list]:
+def metric_inputs(
+    predictions: list, references: list, tokenizer: Any = None, label_names: list[str] | None = None
+) -> tuple[list, list]:
     """Predictions and references as a Hugging Face ``evaluate`` metric takes them: class ids."""
     return list(predictions), list(references)

@@ -316,7 +316,9 @@ def decode(tokenizer: Any, rows: list) -> list[str]:
     return [t.strip() for t in tokenizer.batch_decode(cleaned, skip_special_tokens=True)]
 
 
-def compute_metrics(predictions: list, references: list, tokenizer: Any = None) -> dict[str, float]:
+def compute_metrics(
+    predictions: list, references: list, tokenizer: Any = None, label_names: list[str] | None = None
+) -> dict[str, float]:
     """Corpus BLEU and chrF (sacrebleu defaults) of the detokenized outputs against the references."""
     hypotheses = decode(tokenizer, predictions)
     refs = decode(tokenizer, references)
@@ -326,6 +328,8 @@ def compute_metrics(predictions: list, references: list, tokenizer: Any = None) 
     }
 
 
-def metric_inputs(predictions: list, references: list, tokenizer: Any = None) -> tuple[list, list]:
+def metric_inputs(
+    predictions: list, references: list, tokenizer: Any = None, label_names: list[str] | None = None
+) -> tuple[list, list]:
     """Detokenized outputs, and one reference per sentence as a list (as sacrebleu, bleu, chrf take them)."""
     return decode(tokenizer, predictions), [[r] for r in decode(tokenizer, references)]
