@@ -137,6 +137,30 @@ def text_columns(raw: DatasetDict, columns: dict[str, str], label_key: str | Non
                 )
 
 
+# Heads that load into one another without a missing weight (the same ``classifier`` layer): a
+# sentence classifier would be taken for a tagger, and the other way round, without a word.
+_INTERCHANGEABLE_HEADS = ("ForSequenceClassification", "ForTokenClassification")
+
+
+def head_kind(config: Any, model_class: Any, source: str) -> None:
+    """A trained model whose config says it is another kind of classifier than the task's is refused."""
+    found = [str(a) for a in (getattr(config, "architectures", None) or [])]
+    try:
+        expected = model_class._model_mapping[type(config)].__name__
+    except (
+        AttributeError,
+        KeyError,
+    ):  # the task's class has no model for the family: from_pretrained says so
+        return
+    if not found or expected in found or not expected.endswith(_INTERCHANGEABLE_HEADS):
+        return
+    if all(a.endswith(_INTERCHANGEABLE_HEADS) for a in found):
+        raise DistillError(
+            f"the teacher '{source}' is a {found[0]}, not the {expected} this task needs; choose the "
+            "task it was trained for, or set teacher.finetune.enabled=true to train a new head on it"
+        )
+
+
 def split_sizes(cfg: RecipeConfig, splits: DatasetDict, processes: int) -> None:
     """Each training stage needs at least one global batch of training examples."""
     n = len(splits["train"])

@@ -80,7 +80,26 @@ def load_raw(cfg: DataConfig, columns: dict[str, str]) -> DatasetDict:
     for role, split in out.items():
         if len(split) == 0:
             raise DistillError(f"data: the {role} split is empty")
+    if not cfg.dedupe:
+        _warn_overlap(out, text)
     return out
+
+
+def _warn_overlap(splits: DatasetDict, column: str) -> None:
+    """Held-out examples whose text is also in the training split are scored as memorised ones."""
+    seen = {normalise_text(t) for t in splits["train"][column]}
+    for role in ("validation", "test"):
+        if role not in splits:
+            continue
+        repeated = sum(normalise_text(t) in seen for t in splits[role][column])
+        if repeated:
+            log.warning(
+                "%d of the %d %s examples also appear in the training split (case, spacing and URLs "
+                "ignored); set data.dedupe=true to drop repeats and keep them out of training",
+                repeated,
+                len(splits[role]),
+                role,
+            )
 
 
 def _load(cfg: DataConfig) -> DatasetDict:

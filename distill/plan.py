@@ -115,6 +115,8 @@ def prepare(cfg: RecipeConfig, processes: int | None = None) -> Plan:
         teacher_config = load_pretrained(AutoConfig.from_pretrained, source, "teacher")
         tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, "teacher tokenizer")
         checks.tokenizer_ready(tokenizer)
+        if not reuse and not cfg.teacher.stage.enabled:  # its trained head is used as it is
+            checks.head_kind(teacher_config, task.MODEL_CLASS, source)
     raw = load_raw(cfg.data, task.columns(cfg.data))
     checks.text_columns(raw, task.columns(cfg.data), "label_column")
     if not source:

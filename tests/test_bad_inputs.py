@@ -83,6 +83,21 @@ def catalogue(tmp: Path, teacher_dir: Path, data_csv: Path) -> dict[str, tuple[l
     tok = BertTokenizer.from_pretrained(no_pad)
     tok.pad_token = None
     tok.save_pretrained(no_pad)
+    from test_token_classification import tagged_rows, write_jsonl
+
+    rows = tagged_rows(200)
+    tags = write_jsonl(files / "tags.jsonl", rows)
+    miscounted = write_jsonl(
+        files / "miscounted.jsonl", [{**rows[0], "tags": rows[0]["tags"][:-1]}, *rows[1:]]
+    )
+    one_tag = write_jsonl(files / "one_tag.jsonl", [{**r, "tags": ["O"] * len(r["tags"])} for r in rows])
+    tagging = ["task=token_classification", "data.text_column=tokens", "data.label_column=tags"]
+    one_label = write_csv(
+        files / "one_label.csv", [{**r, "sentiment": "positive"} for r in sentiment_rows(200)]
+    )
+    stars = write_csv(
+        files / "stars.csv", [{**r, "sentiment": 1 + i % 3} for i, r in enumerate(sentiment_rows(200))]
+    )
     a_file = tmp / "a_file"
     a_file.write_text("not a folder")
     metric = "eval.metrics=[" + str(tmp / "no_such_metric") + "]"
@@ -190,6 +205,31 @@ def catalogue(tmp: Path, teacher_dir: Path, data_csv: Path) -> dict[str, tuple[l
             "cannot load student",
         ),
         "metric that cannot be loaded": ([metric], "no_such_metric"),
+        "one label in the data": (
+            [f"data.files.train={one_label}", "teacher.finetune.enabled=true"],
+            "a classifier needs 2 or more",
+        ),
+        "integer labels beyond the teacher's ids": (
+            [f"data.files.train={stars}"],
+            "run 1-3, but the teacher's head has 3 labels (ids 0-2)",
+        ),
+        # token classification
+        "a sentence classifier as a tagger": (
+            [*tagging, f"data.files.train={tags}"],
+            "is a BertForSequenceClassification, not the BertForTokenClassification this task needs",
+        ),
+        "words and tags of different counts": (
+            [*tagging, f"data.files.train={miscounted}", "teacher.finetune.enabled=true"],
+            "has " + str(len(rows[0]["tokens"])) + " words and " + str(len(rows[0]["tags"]) - 1) + " tags",
+        ),
+        "a tagger with one tag": (
+            [*tagging, f"data.files.train={one_tag}", "teacher.finetune.enabled=true"],
+            "a tagger needs 2 or more",
+        ),
+        "tags for a sentence classifier": (
+            [f"data.files.train={tags}", "data.text_column=tokens", "data.label_column=tags"],
+            "must hold label names or integer ids",
+        ),
         # the output folder
         "output folder is a file": ([f"output.dir={a_file}"], "is a file, not a folder"),
         "output folder inside a file": ([f"output.dir={a_file / 'out'}"], "is a file, so"),

@@ -117,6 +117,11 @@ def test_labels_follow_a_trained_teachers_order(tmp_path):
         DistillError, match=r"the teacher's labels \['spam', 'ham', 'eggs'\] differ from the data's"
     ):
         classification.prepare_targets(raw, cfg(path), other, head_trained=True)
+    # Data whose labels are some of a named head's: the head's labels, in its order.
+    four = BertConfig(num_labels=4, id2label={0: "Positive", 1: "Sarcastic", 2: "Negative", 3: "Neutral"})
+    splits, names = classification.prepare_targets(raw, cfg(path), four, head_trained=True)
+    assert names == ["Positive", "Sarcastic", "Negative", "Neutral"]
+    assert set(splits["train"]["labels"]) == {0, 2, 3}
     two = BertConfig(num_labels=2)
     with pytest.raises(
         DistillError, match=r"teacher's head has 2 labels .* data has 3 .*teacher.finetune.enabled=true"
@@ -221,3 +226,42 @@ def test_tokenization_is_cached_and_reused(tmp_path):
         classification.prepare_targets(load(data), data, None, False)[0], tok, cfg(path, max_length=4)
     )
     assert [f["filename"] for f in other["train"].cache_files] != files  # other settings, other cache
+
+
+def test_integer_labels_that_do_not_start_at_0_become_the_ids_that_occur(tmp_path):
+    """Star ratings 1-5: five labels named '1'-'5' (ids 0-4), not six with a class '0' never seen."""
+    rows = [{"text": f"review {i}", "stars": 1 + i % 5} for i in range(100)]
+    path = write_csv(tmp_path / "stars.csv", rows)
+    data = cfg(path, label_column="stars")
+    splits, names = classification.prepare_targets(load(data), data, None, head_trained=False)
+    assert names == ["1", "2", "3", "4", "5"]
+    for split in splits.values():
+        assert all(names[i] == str(s) for i, s in zip(split["labels"], split["stars"], strict=True))
+    # With a teacher's trained head the integers are its ids: 1-5 do not fit 5 labels (0-4).
+    five = BertConfig(num_labels=5)
+    with pytest.raises(
+        DistillError, match=r"labels of 'stars' run 1-5, but the teacher's head has 5 labels \(ids 0-4\)"
+    ):
+        classification.prepare_targets(load(data), data, five, head_trained=True)
+
+
+def test_a_single_label_is_refused_in_one_line(tmp_path):
+    path = write_csv(tmp_path / "one.csv", [{"text": f"t {i}", "sentiment": "positive"} for i in range(100)])
+    with pytest.raises(
+        DistillError, match=r"has 1 label \['positive'\] in the training split: a classifier needs 2"
+    ):
+        classification.prepare_targets(load(cfg(path)), cfg(path), None, head_trained=False)
+
+
+def test_held_out_rows_also_in_training_are_counted_in_a_warning(tmp_path, caplog):
+    rows = [{"text": f"text {i % 60}", "sentiment": LABELS[i % 3]} for i in range(200)]  # each text 3-4 times
+    path = write_csv(tmp_path / "repeats.csv", rows)
+    with caplog.at_level("WARNING", logger="distill.data"):
+        out = load(cfg(path))
+    repeated = sum(t in set(out["train"]["text"]) for t in out["test"]["text"])
+    assert repeated > 0
+    assert f"{repeated} of the 30 test examples also appear in the training split" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="distill.data"):
+        load(cfg(path, dedupe=True))
+    assert "also appear in the training split" not in caplog.text

@@ -21,6 +21,7 @@ def test_there_are_recipes():
         "num2words_en_fr",
         "wmt16_en_de_opus_mt",
         "wmt14_en_fr_t5",
+        "conll2003_bert_ner",
     } <= names
 
 
@@ -118,6 +119,23 @@ def test_hub_recipe_validates_against_local_stand_ins(path, tmp_path):
         files = {data.train_split: str(write_csv(tmp_path / "train.csv", rows))}
         if data.test_split:
             files[data.test_split] = str(write_csv(tmp_path / "test.csv", rows[:50]))
+    elif cfg.task == "token_classification":
+        from test_token_classification import save_tagger, tagged_rows
+
+        # dslim/bert-base-NER's tags and order; the data's tags are names in another order
+        tags = ["O", "B-MISC", "I-MISC", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
+        teacher = save_tagger(
+            tmp_path / "teacher",
+            tags=tags,
+            num_hidden_layers=12,
+            max_position_embeddings=512,
+        )
+        rows = [{data.text_column: r["tokens"], data.label_column: r["tags"]} for r in tagged_rows(300)]
+        files = {}
+        for split in ("train", "validation", "test"):
+            file = tmp_path / f"{split}.jsonl"
+            file.write_text("\n".join(json.dumps(r) for r in rows))
+            files[split] = str(file)
     elif cfg.task == "causal_lm":
         from test_causal_lm import save_causal
 
@@ -149,3 +167,5 @@ def test_hub_recipe_validates_against_local_stand_ins(path, tmp_path):
     assert {"train", "validation"} <= set(plan.splits)
     if cfg.task == "classification":
         assert len(plan.label_names) == 2 and len(plan.splits["validation"]) == data.validation_size
+    if cfg.task == "token_classification":
+        assert plan.label_names == tags  # the teacher's order, matched by name

@@ -56,13 +56,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def save_tagger(folder: Path, seed: int = 0, **config_kw) -> Path:
+def save_tagger(folder: Path, seed: int = 0, tags: list[str] = TAGS, **config_kw) -> Path:
+    """A tiny BERT tagger of ``tags`` with its tokenizer, saved with save_pretrained."""
     tok = make_tokenizer(folder, extra=PEOPLE + SURNAMES + PLACES + PIECES)
     torch.manual_seed(seed)
     labels = {
-        "num_labels": len(TAGS),
-        "id2label": dict(enumerate(TAGS)),
-        "label2id": {t: i for i, t in enumerate(TAGS)},
+        "num_labels": len(tags),
+        "id2label": dict(enumerate(tags)),
+        "label2id": {t: i for i, t in enumerate(tags)},
     }
     model = BertForTokenClassification(tiny_bert_config(len(tok), **{**labels, **config_kw}))
     model.save_pretrained(folder)
@@ -182,7 +183,7 @@ def test_byte_level_tokens_carrying_the_space_align_with_their_word():
     [
         (
             [{"tokens": ["a", "b"], "tags": ["O"]}, {"tokens": ["c"], "tags": ["B-PER"]}],
-            "row 0 of split 'train' has 2 words and 1 tags",
+            "an example in split 'train' has 2 words and 1 tags ('a b')",
         ),
         ([{"tokens": ["a", "b"], "tags": ["O", "O"]}], "has 1 tag(s) ['O']: a tagger needs 2 or more"),
         ([{"tokens": ["a"], "tags": 1.5}], "must hold one tag per word"),

@@ -8,6 +8,7 @@ Every task module offers the same names: ``MODEL_CLASS``, ``PRIMARY_METRIC``, ``
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -20,6 +21,8 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 from distill.config import DataConfig
 from distill.errors import DistillError
 from distill.tasks import base
+
+log = logging.getLogger(__name__)
 
 MODEL_CLASS = AutoModelForSequenceClassification
 PRIMARY_METRIC = "accuracy"
@@ -100,8 +103,32 @@ def prepare_targets(
         names = list(cfg.label_names)
     elif data_names is not None:
         names = data_names
-    else:
-        names = [str(i) for i in range(int(max(raw["train"][cfg.label_column])) + 1)]
+    else:  # bare integer labels
+        occurring = sorted({int(v) for v in raw["train"][cfg.label_column]})
+        if head_trained:  # they are the teacher's ids
+            n = int(teacher_config.num_labels)
+            if occurring[0] < 0 or occurring[-1] >= n:
+                raise DistillError(
+                    f"data: the integer labels of '{cfg.label_column}' run {occurring[0]}-{occurring[-1]}, "
+                    f"but the teacher's head has {n} labels (ids 0-{n - 1}); set data.label_names to the "
+                    "teacher's label names, or teacher.finetune.enabled=true to train a new head"
+                )
+            names = [str(i) for i in range(n)]
+        elif occurring == list(range(len(occurring))):
+            names = [str(i) for i in occurring]
+        else:  # star ratings 1-5, codes with gaps: ids for the values that occur, named by them
+            kind, names = "values", [str(v) for v in occurring]
+            log.info(
+                "data: the integer labels %s of '%s' become ids 0-%d (their names are the values)",
+                ", ".join(names),
+                cfg.label_column,
+                len(names) - 1,
+            )
+    if len(names) < 2 and not head_trained:
+        raise DistillError(
+            f"data.label_column: '{cfg.label_column}' has {len(names)} label {names} in the training "
+            "split: a classifier needs 2 or more"
+        )
 
     if head_trained:
         names = align_with_teacher(
@@ -113,13 +140,15 @@ def prepare_targets(
     # Integer labels: the data's id -> its name -> our id (the teacher may have changed the order).
     source_names = cfg.label_names if cfg.label_names is not None else data_names
     by_data_id = (
-        None if kind == "names" or source_names is None else [folded[n.casefold()] for n in source_names]
+        None
+        if kind != "ids" or source_names is None
+        else [folded[n.casefold()] for n in source_names]
     )
 
     def encode(values: list[Any], split: str) -> list[int]:
         out = []
         for v in values:
-            if kind == "names":
+            if kind in ("names", "values"):
                 i = index.get(str(v), folded.get(str(v).casefold()))
                 if i is None:
                     raise DistillError(
@@ -145,8 +174,13 @@ def prepare_targets(
 
 
 def align_with_teacher(names: list[str], teacher_config: Any, explicit: bool) -> list[str]:
+    """The label names of a teacher with a trained head: its own, in its order, when the data's
+    (named) labels are among them (a split may lack a label the teacher has); else refused."""
     n_teacher = int(teacher_config.num_labels)
     teacher_names = [str(teacher_config.id2label[i]) for i in range(n_teacher)]
+    named = not all(_GENERIC_LABEL.match(n) for n in teacher_names)
+    if explicit and named and {n.casefold() for n in names} < {n.casefold() for n in teacher_names}:
+        return teacher_names
     if n_teacher != len(names):
         raise DistillError(
             f"the teacher's head has {n_teacher} labels {teacher_names} but the data has {len(names)} {names}; "

@@ -147,21 +147,28 @@ def prepare_targets(
             names, teacher_config, explicit=cfg.label_names is not None or data_names is not None
         )
     index = {name: i for i, name in enumerate(names)}
+    folded = {name.casefold(): i for i, name in enumerate(names)}
     source_names = cfg.label_names if cfg.label_names is not None else data_names
-    by_data_id = None if kind == "names" or source_names is None else [index[n] for n in source_names]
+    # Tag ids of the data -> their names -> our ids (a trained teacher may order them otherwise).
+    by_data_id = (
+        None if kind == "names" or source_names is None else [folded[n.casefold()] for n in source_names]
+    )
 
-    def encode(words: Any, tags: Any, split: str, row: int) -> list[int]:
+    def encode(words: Any, tags: Any, split: str) -> list[int]:
         words, tags = words_of(words), _tags_of(tags)
         if len(words) != len(tags):
+            text = " ".join(words)
             raise DistillError(
-                f"data: row {row} of split '{split}' has {len(words)} words and {len(tags)} tags"
+                f"data: an example in split '{split}' has {len(words)} words and {len(tags)} tags "
+                f"({text[:60] + ('...' if len(text) > 60 else '')!r})"
             )
         out = []
         for t in tags:
             if kind == "names":
-                if str(t) not in index:
+                i = index.get(str(t), folded.get(str(t).casefold()))
+                if i is None:
                     raise DistillError(f"data: tag '{t}' in split '{split}' is not one of the tags {names}")
-                out.append(index[str(t)])
+                out.append(i)
             else:
                 t = int(t)
                 if not 0 <= t < len(names):
@@ -173,10 +180,7 @@ def prepare_targets(
 
     out = DatasetDict()
     for split, ds in raw.items():
-        labels = [
-            encode(w, t, split, i)
-            for i, (w, t) in enumerate(zip(ds[cfg.text_column], ds[cfg.label_column], strict=True))
-        ]
+        labels = [encode(w, t, split) for w, t in zip(ds[cfg.text_column], ds[cfg.label_column], strict=True)]
         if "labels" in ds.column_names:
             ds = ds.remove_columns("labels")
         out[split] = ds.add_column("labels", labels)
