@@ -231,6 +231,37 @@ def build_student(
             return list(range(n_keep))
         return pruning.rank_layers(next(iter(scores.layers.values())), n_keep)
 
+    if spec.init == "pretrained":  # a model of its own: its own generation settings
+        return load_pretrained(
+            model_class.from_pretrained, spec.name_or_path, "student", **label_kwargs
+        ), None
+    student, layers = _built_from_teacher(
+        spec, teacher, model_class, label_kwargs, ranked, importance, record
+    )
+    carry_generation_settings(teacher, student)
+    return student, layers
+
+
+def carry_generation_settings(teacher: nn.Module, student: nn.Module) -> None:
+    """A student built from the teacher generates as the teacher does: its ``generation_config``
+    (beams, lengths, NLLB's and mBART-50's ``forced_bos_token_id``, ...) is the teacher's, not the
+    defaults a new model derives from its config."""
+    own = getattr(teacher, "generation_config", None)
+    if own is not None and getattr(student, "generation_config", None) is not None:
+        student.generation_config = copy.deepcopy(own)
+
+
+def _built_from_teacher(
+    spec: StudentConfig,
+    teacher: nn.Module,
+    model_class: Any,
+    label_kwargs: dict[str, Any],
+    ranked: Callable[[int], list[int]],
+    importance: Callable[..., Any],
+    record: dict[str, Any] | None,
+) -> tuple[nn.Module, list[int] | None]:
+    from distill import pruning
+
     n_teacher = num_layers(teacher.config)
     if spec.init == "copy_layers" and getattr(teacher.config, "is_encoder_decoder", False):
         n_enc, n_dec = encoder_decoder_depths(teacher.config)
@@ -260,11 +291,8 @@ def build_student(
             if scores is not None:
                 record["importance"] = scores.summary()
         return student, kept["layers"]
-    if spec.init == "from_config":
-        config = student_config(teacher.config, spec.config_overrides, label_kwargs)
-        return model_class.from_config(config), None
-    student = load_pretrained(model_class.from_pretrained, spec.name_or_path, "student", **label_kwargs)
-    return student, None
+    config = student_config(teacher.config, spec.config_overrides, label_kwargs)  # from_config
+    return model_class.from_config(config), None
 
 
 def student_config(

@@ -241,3 +241,25 @@ def test_step_counts_hard_ce_over_target_tokens(translation_tokenized):
     out = LossStep(task)(teacher.train(), batch)
     logits = teacher(**task.model_inputs(batch)).logits
     assert out["loss"].item() == pytest.approx(hard_ce(logits, batch["labels"]).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("init", ["copy_layers", "from_config", "prune"])
+def test_a_student_built_from_the_teacher_generates_with_its_settings(init, tmp_path):
+    """NLLB's and mBART-50's forced_bos_token_id, beams and lengths live in generation_config.json:
+    a student built from the teacher keeps them, in memory and in its saved folder."""
+    from conftest import save_tiny_marian
+    from transformers import AutoModelForSeq2SeqLM, GenerationConfig, MarianMTModel
+
+    from distill.config import StudentConfig
+    from distill.modeling import build_student
+
+    teacher = MarianMTModel.from_pretrained(save_tiny_marian(tmp_path / "teacher"))
+    teacher.generation_config = GenerationConfig.from_dict(
+        {**teacher.generation_config.to_dict(), "forced_bos_token_id": 7, "num_beams": 3, "max_length": 40}
+    )
+    spec = StudentConfig(init=init, num_decoder_layers=1, config_overrides={"decoder_layers": 1})
+    student, _ = build_student(spec, teacher, AutoModelForSeq2SeqLM, {})
+    student.save_pretrained(tmp_path / "student")
+    saved = GenerationConfig.from_pretrained(tmp_path / "student")
+    for gen in (student.generation_config, saved):
+        assert (gen.forced_bos_token_id, gen.num_beams, gen.max_length) == (7, 3, 40)

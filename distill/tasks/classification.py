@@ -140,9 +140,7 @@ def prepare_targets(
     # Integer labels: the data's id -> its name -> our id (the teacher may have changed the order).
     source_names = cfg.label_names if cfg.label_names is not None else data_names
     by_data_id = (
-        None
-        if kind != "ids" or source_names is None
-        else [folded[n.casefold()] for n in source_names]
+        None if kind != "ids" or source_names is None else [folded[n.casefold()] for n in source_names]
     )
 
     def encode(values: list[Any], split: str) -> list[int]:
