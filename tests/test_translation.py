@@ -263,3 +263,24 @@ def test_a_student_built_from_the_teacher_generates_with_its_settings(init, tmp_
     saved = GenerationConfig.from_pretrained(tmp_path / "student")
     for gen in (student.generation_config, saved):
         assert (gen.forced_bos_token_id, gen.num_beams, gen.max_length) == (7, 3, 40)
+
+
+def test_a_student_that_cannot_generate_is_refused_before_anything_is_written(tmp_path, pairs_csv, capsys):
+    """A T5 student of fewer encoder than decoder layers fails in generate() (an upstream cache
+    error): validate and run say so in one line, before training, not after it."""
+    from conftest import save_seq2seq, translation_recipe
+
+    teacher = save_seq2seq(tmp_path / "teacher", "t5")
+    out = tmp_path / "out"
+    raw = translation_recipe(teacher, pairs_csv, out)
+    raw["student"] = {"init": "copy_layers", "encoder_layers": [0], "num_decoder_layers": 2}
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    capsys.readouterr()  # the teacher's saving
+    for command in ("validate", "run"):
+        assert main([command, str(recipe)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("distill: error: the student cannot generate() (num_beams=1)"), err
+        assert "IndexError" in err and "\n" not in err
+        assert not out.exists()
+    raw["student"]["num_decoder_layers"] = 1  # as deep as its encoder: it generates
+    assert main(["validate", str(write_recipe(tmp_path / "r.yaml", raw))]) == 0

@@ -99,6 +99,31 @@ class Task(Protocol):
         """The student's own samples for a batch, as a training batch (loss.on_policy)."""
 
 
+def try_generate(models: dict[str, Any], row: dict[str, Any]) -> None:
+    """Each model runs ``generate()`` on one example, greedy and with 2 beams, 2 new tokens: a
+    model that cannot generate (an upstream cache error, say) is refused before training, not after.
+    In eval mode and on a forked RNG: the run's randomness is as if this never ran."""
+    ids = torch.tensor([list(row["input_ids"])])
+    for role, model in models.items():
+        device = getattr(model, "device", torch.device("cpu"))
+        inputs = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+        was_training = model.training
+        model.eval()
+        try:
+            for beams in (1, 2):
+                try:
+                    with torch.random.fork_rng(devices=[]), torch.inference_mode():
+                        model.generate(**inputs, max_new_tokens=2, num_beams=beams, do_sample=False)
+                except Exception as e:  # whatever the family's generate() raises
+                    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                    raise DistillError(
+                        f"the {role} cannot generate() (num_beams={beams}), which the report and "
+                        f"sequence-level KD need: {type(e).__name__}: {reason}"
+                    ) from None
+        finally:
+            model.train(was_training)
+
+
 def members() -> tuple[list[str], list[str]]:
     """The protocol's constants and its functions, by name."""
     constants = [name for name in Task.__annotations__]

@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig, LogitsProcessor
 
 from distill.config import DataConfig
 from distill.errors import DistillError
+from distill.tasks import base
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def check_recipe(cfg: Any) -> None:
 
 
 def check_models(models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any) -> None:
-    """Nothing beyond the forward pass every task's models are tried on."""
+    """Every model can ``generate()`` (the report scores greedy completions)."""
+    base.try_generate(models, rows[0])
 
 
 def usage_snippet(path: str) -> str:

@@ -202,6 +202,7 @@ def check_models(models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: 
         labels[i, : len(r["labels"])] = torch.tensor(r["labels"], dtype=torch.long)
     first = next(iter(models.values()))
     expected = decoder_inputs_builder(first.config)(labels)
+    base.try_generate(models, rows[0])
     for role, model in models.items():
         built = decoder_inputs_builder(model.config)(labels)
         if not torch.equal(built, expected):
