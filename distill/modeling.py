@@ -122,12 +122,19 @@ def copy_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
     return _copy_with_map(teacher, config, {prefix: layers})
 
 
+# Per-layer fields whose names do not say "layer": Longformer's attention window of each layer.
+_PER_LAYER = ("attention_window",)
+
+
 def per_layer_fields(config: Any, depth: int) -> list[str]:
     """Config fields that hold one value per layer: lists of ``depth`` entries named for layers."""
     return [
         key
         for key, value in config.to_dict().items()
-        if "layer" in key and isinstance(value, (list, tuple)) and len(value) == depth and depth > 1
+        if ("layer" in key or key in _PER_LAYER)
+        and isinstance(value, (list, tuple))
+        and len(value) == depth
+        and depth > 1
     ]
 
 

@@ -146,6 +146,8 @@ def encoder_config(family: str, vocab: int):
     bert_like = dict(hidden_size=32, num_hidden_layers=4, intermediate_size=64, **common)
     if family == "roberta":
         return tf.RobertaConfig(**bert_like)
+    if family == "longformer":  # a window per layer: copied layers keep theirs
+        return tf.LongformerConfig(attention_window=[4, 8, 4, 8], **bert_like)
     if family == "xlm-roberta":
         return tf.XLMRobertaConfig(**bert_like)
     if family == "electra":
@@ -183,7 +185,7 @@ def encoder_config(family: str, vocab: int):
     raise ValueError(family)
 
 
-ENCODERS = ["roberta", "xlm-roberta", "electra", "deberta-v2", "distilbert", "modernbert"]
+ENCODERS = ["roberta", "xlm-roberta", "electra", "deberta-v2", "distilbert", "modernbert", "longformer"]
 
 
 @pytest.mark.parametrize("init", ["copy_layers", "from_config"])
@@ -356,3 +358,14 @@ def test_a_translation_student_with_a_padded_vocabulary_distils_over_the_tokeniz
     first = json.loads((out / "report.json").read_text())["models"]
     again = json.loads((tmp_path / "again" / "report.json").read_text())["models"]
     assert [m["metrics"] for m in first] == [m["metrics"] for m in again]
+
+
+def test_a_copied_longformer_layer_keeps_its_attention_window():
+    from distill.modeling import copy_layers
+
+    teacher = AutoModelForSequenceClassification.from_config(encoder_config("longformer", 40))
+    student = copy_layers(teacher, [1, 2])
+    assert student.config.attention_window == [8, 4]
+    assert [
+        layer.attention.self.one_sided_attn_window_size for layer in student.longformer.encoder.layer
+    ] == [4, 2]
