@@ -118,7 +118,14 @@ def copy_layers(teacher: nn.Module, layers: list[int]) -> nn.Module:
     # attention) follow the copied layers, so that each keeps the attention it was trained with.
     for key in per_layer_fields(config, n_teacher):
         setattr(config, key, [getattr(config, key)[i] for i in layers])
-    config.num_hidden_layers = len(layers)
+    try:
+        config.num_hidden_layers = len(layers)
+    except (NotImplementedError, AttributeError, ValueError) as e:  # a depth derived from other fields
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DistillError(
+            f"student.init: copy_layers cannot set the depth of a {config.model_type} config ({reason}); "
+            "use student.init=from_config with the config's own depth fields in student.config_overrides"
+        ) from None
     return _copy_with_map(teacher, config, {prefix: layers})
 
 
@@ -329,7 +336,14 @@ def student_config(
                 f"student.config_overrides.{key}: not a field of the teacher's {teacher_config.model_type} config{hint}"
             )
         resolved[real] = value
-    return type(teacher_config).from_dict({**base, **resolved, **(extra or {})})
+    try:
+        return type(teacher_config).from_dict({**base, **resolved, **(extra or {})})
+    except Exception as e:  # the config class's own validation (huggingface_hub's strict dataclasses, ValueError)
+        cause = e.__cause__ or e
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[-1].strip()[:200]
+        raise DistillError(
+            f"student.config_overrides: the {teacher_config.model_type} config refuses {sorted(resolved)}: {reason}"
+        ) from None
 
 
 def teacher_dtype(name: str) -> torch.dtype:

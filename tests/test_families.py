@@ -369,3 +369,45 @@ def test_a_copied_longformer_layer_keeps_its_attention_window():
     assert [
         layer.attention.self.one_sided_attn_window_size for layer in student.longformer.encoder.layer
     ] == [4, 2]
+
+
+def test_funnel_depth_is_refused_for_copy_layers_with_a_fix_that_works(tmp_path, data_csv, capsys):
+    """Funnel's depth is its block_sizes: copy_layers says so in one line, and the fix it names
+    (from_config with the config's own depth fields) validates and runs."""
+    import transformers as tf
+    from conftest import make_tokenizer
+
+    folder = tmp_path / "teacher"
+    tok = make_tokenizer(folder)
+    labels = dict(
+        num_labels=3, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)}
+    )
+    config = tf.FunnelConfig(
+        vocab_size=len(tok), block_sizes=[1, 1, 1], d_model=32, n_head=2, d_head=16, d_inner=64, **labels
+    )
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    cases = [
+        ({"init": "copy_layers", "num_layers": 2}, "copy_layers cannot set the depth of a funnel config"),
+        (
+            {"init": "from_config", "config_overrides": {"block_sizes": [1, 1]}},
+            "the funnel config refuses ['block_sizes']: `block_sizes` and `block_repeats` should have the same length",
+        ),
+    ]
+    capsys.readouterr()
+    for student, message in cases:
+        recipe = write_recipe(
+            tmp_path / "r.yaml",
+            recipe_dict(folder, data_csv, tmp_path / "out", student=student, eval={"latency": False}),
+        )
+        assert main(["validate", str(recipe)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("distill: error: ") and message in err, err
+    fixed = {"init": "from_config", "config_overrides": {"block_sizes": [1, 1], "block_repeats": [1, 1]}}
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        recipe_dict(folder, data_csv, tmp_path / "out", student=fixed, eval={"latency": False}),
+    )
+    assert main(["run", str(recipe), "train.steps=2"]) == 0
+    saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "student")
+    assert list(saved.config.block_sizes) == [1, 1]
