@@ -106,6 +106,28 @@ def test_translation_in_bf16_with_sequence_kd_and_a_teacher_store(tmp_path, pair
     assert (out / "pseudo_targets" / "complete.json").is_file()
 
 
+def test_token_classification_in_bf16_every_stage_with_a_teacher_store(tmp_path):
+    """A tagger fine-tuned, distilled through the store and the baseline, all under bf16 autocast;
+    the saved folders reproduce the report's entity scores."""
+    from test_token_classification import save_tagger, tagged_rows, tagger_recipe, write_jsonl
+
+    out = tmp_path / "out"
+    raw = tagger_recipe(
+        save_tagger(tmp_path / "teacher"),
+        write_jsonl(tmp_path / "ner.jsonl", tagged_rows(200)),
+        out,
+        teacher={"cache": True, "finetune": {"enabled": True, "steps": 4, "batch_size": 8}},
+        train=BF16,
+        eval={"latency": False},
+    )
+    report, again = run_and_reevaluate(write_recipe(tmp_path / "r.yaml", raw), out, tmp_path / "again")
+    assert_reproduced(report, again)
+    assert report["primary_metric"] == "f1"
+    assert (
+        json.loads((out / "teacher_outputs" / "complete.json").read_text())["train.mixed_precision"] == "bf16"
+    )
+
+
 def test_causal_lm_in_bf16_with_sequence_kd_and_on_policy_batches(tmp_path, pairs_csv):
     out = tmp_path / "out"
     raw = causal_recipe(
