@@ -18,8 +18,8 @@ from distill import recipe_yaml
 from distill.errors import DistillError
 from distill.typed_config import build, in_range, non_negative, one_of, positive, seed
 
-TASKS = ("classification", "translation", "causal_lm", "token_classification")
-SOFT_LOSSES = ("kl", "reverse_kl", "jsd")
+TASKS = ("classification", "translation", "causal_lm", "token_classification", "regression")
+SOFT_LOSSES = ("kl", "reverse_kl", "jsd", "mse")
 HIDDEN_LOSSES = ("mse", "cosine")
 STUDENT_INITS = ("copy_layers", "prune", "from_config", "pretrained")
 DEPTH_IMPORTANCE = ("skip_kl", "block_influence")
@@ -348,7 +348,7 @@ class LossConfig:
     once by the global number of items in the optimizer step.
     """
 
-    soft: str = "kl"  # soft-label loss: kl (forward, teacher||student) | reverse_kl | jsd
+    soft: str = "kl"  # soft-label loss: kl (forward, teacher||student) | reverse_kl | jsd | mse (outputs matched; regression)
     temperature: float = 2.0  # softmax temperature of the soft loss; the loss is scaled by T^2
     alpha: float = 0.5  # weight of the soft loss; the hard-label cross-entropy gets 1 - alpha
     jsd_beta: float = 0.5  # beta of the generalised JSD (0: forward KL, 1: reverse KL)
@@ -535,6 +535,11 @@ class RecipeConfig:
             raise DistillError(
                 "teacher.cache: custom loss terms read the teacher's outputs on each batch, which the "
                 "store does not keep whole; set teacher.cache=false"
+            )
+        if self.loss.soft == "mse" and tasks.TASKS[self.task].TOKEN_LEVEL:
+            raise DistillError(
+                "loss.soft: mse matches one output vector per example (classification, regression); "
+                f"task {self.task} distils a distribution per token: use kl, reverse_kl or jsd"
             )
         if self.teacher.cache_format != "exact" and not tasks.TASKS[self.task].TOKEN_LEVEL:
             raise DistillError(

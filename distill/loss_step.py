@@ -21,7 +21,6 @@ from distill.losses import (
     TeacherHead,
     TopK,
     chunked_kd_mix,
-    hard_ce,
     kd_mix,
 )
 from distill.modeling import HiddenProjection, teacher_head
@@ -219,7 +218,7 @@ class LossStep:
                 "hidden": torch.zeros_like(soft),
                 "items": items,
             }
-        hard = hard_ce(student_logits, labels)
+        hard = self.task.hard_loss(student_logits, labels)
         zero = hard.new_zeros(())
         out = {"hard": hard, "soft": zero, "hidden": zero, "items": items}
         if teacher_logits is None:

@@ -101,6 +101,21 @@ def hard_ce(student_logits: Tensor, labels: Tensor, *, ignore_index: int = -100)
     return F.cross_entropy(logits, labels.reshape(-1), ignore_index=ignore_index, reduction="sum")
 
 
+def soft_mse(
+    student_logits: Tensor, teacher_logits: Tensor, *, temperature: float, mask: Tensor | None = None
+) -> Tensor:
+    """Squared error between the two models' outputs, ``Σ_items Σ_outputs (s − t)²``: output
+    matching for regression (one output per example) and logit matching for classification. No
+    softmax, so ``temperature`` does not enter."""
+    per_item = (student_logits.float() - teacher_logits.float()).pow(2).sum(-1)
+    return _masked_sum(per_item, mask)
+
+
+def hard_mse(student_logits: Tensor, labels: Tensor) -> Tensor:
+    """Squared error of one output per item against float targets, summed over items."""
+    return (student_logits.float().reshape(labels.shape) - labels.float()).pow(2).sum()
+
+
 def kd_mix(soft: Tensor, hard: Tensor, *, alpha: float) -> Tensor:
     """``alpha · soft + (1 − alpha) · hard``: the classic distillation objective."""
     return alpha * soft + (1.0 - alpha) * hard
@@ -314,6 +329,6 @@ def sparse_jsd(
     return temperature**2 * _masked_sum(_jsd(s, t, beta), mask)
 
 
-SOFT_LOSSES = {"kl": soft_kl, "reverse_kl": reverse_kl, "jsd": jsd}
+SOFT_LOSSES = {"kl": soft_kl, "reverse_kl": reverse_kl, "jsd": jsd, "mse": soft_mse}
 SPARSE_SOFT_LOSSES = {"kl": sparse_soft_kl, "reverse_kl": sparse_reverse_kl, "jsd": sparse_jsd}
 HIDDEN_LOSSES = {"mse": hidden_mse, "cosine": hidden_cosine}

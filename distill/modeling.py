@@ -338,7 +338,9 @@ def student_config(
         resolved[real] = value
     try:
         return type(teacher_config).from_dict({**base, **resolved, **(extra or {})})
-    except Exception as e:  # the config class's own validation (huggingface_hub's strict dataclasses, ValueError)
+    except (
+        Exception
+    ) as e:  # the config class's own validation (huggingface_hub's strict dataclasses, ValueError)
         cause = e.__cause__ or e
         reason = (str(cause).strip().splitlines() or [type(cause).__name__])[-1].strip()[:200]
         raise DistillError(

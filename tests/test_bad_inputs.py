@@ -213,6 +213,20 @@ def catalogue(tmp: Path, teacher_dir: Path, data_csv: Path) -> dict[str, tuple[l
             [f"data.files.train={stars}"],
             "run 1-3, but the teacher's head has 3 labels (ids 0-2)",
         ),
+        # regression
+        "text labels for regression": (
+            ["task=regression", "loss.soft=mse", "teacher.finetune.enabled=true"],
+            "must hold numbers for regression",
+        ),
+        "a distribution loss for regression": (["task=regression"], "set loss.soft=mse"),
+        "a classifier's head for regression": (
+            ["task=regression", "loss.soft=mse", f"data.files.train={numeric}", "data.label_column=n"],
+            "the teacher's head has 3 outputs; regression needs one",
+        ),
+        "squared-error soft loss for a tagger": (
+            [*tagging, f"data.files.train={tags}", "loss.soft=mse"],
+            "loss.soft: mse matches one output vector per example",
+        ),
         # token classification
         "a sentence classifier as a tagger": (
             [*tagging, f"data.files.train={tags}"],

@@ -128,6 +128,24 @@ def test_token_classification_in_bf16_every_stage_with_a_teacher_store(tmp_path)
     )
 
 
+def test_regression_in_bf16_every_stage_with_a_teacher_store(tmp_path):
+    from conftest import write_csv
+    from test_regression import regression_recipe, save_regressor, scored_rows
+
+    out = tmp_path / "out"
+    raw = regression_recipe(
+        save_regressor(tmp_path / "teacher"),
+        write_csv(tmp_path / "scores.csv", scored_rows(200)),
+        out,
+        teacher={"cache": True, "finetune": {"enabled": True, "steps": 4, "batch_size": 8}},
+        train=BF16,
+        eval={"latency": False},
+    )
+    report, again = run_and_reevaluate(write_recipe(tmp_path / "r.yaml", raw), out, tmp_path / "again")
+    assert_reproduced(report, again)
+    assert report["primary_metric"] == "pearson"
+
+
 def test_causal_lm_in_bf16_with_sequence_kd_and_on_policy_batches(tmp_path, pairs_csv):
     out = tmp_path / "out"
     raw = causal_recipe(

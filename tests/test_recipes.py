@@ -22,6 +22,7 @@ def test_there_are_recipes():
         "wmt16_en_de_opus_mt",
         "wmt14_en_fr_t5",
         "conll2003_bert_ner",
+        "stsb_bert_base",
     } <= names
 
 
@@ -119,6 +120,20 @@ def test_hub_recipe_validates_against_local_stand_ins(path, tmp_path):
         files = {data.train_split: str(write_csv(tmp_path / "train.csv", rows))}
         if data.test_split:
             files[data.test_split] = str(write_csv(tmp_path / "test.csv", rows[:50]))
+    elif cfg.task == "regression":
+        from test_regression import save_regressor
+
+        teacher = save_regressor(tmp_path / "teacher", num_hidden_layers=12, max_position_embeddings=512)
+        rows = [
+            {
+                data.text_column: f"good movie number {i}",
+                data.text_pair_column: f"a car {i}",
+                data.label_column: i % 6 / 1.2,
+            }
+            for i in range(3000)
+        ]
+        files = {data.train_split: str(write_csv(tmp_path / "train.csv", rows))}
+        files[data.test_split] = str(write_csv(tmp_path / "test.csv", rows[:50]))
     elif cfg.task == "token_classification":
         from test_token_classification import save_tagger, tagged_rows
 
@@ -169,3 +184,5 @@ def test_hub_recipe_validates_against_local_stand_ins(path, tmp_path):
         assert len(plan.label_names) == 2 and len(plan.splits["validation"]) == data.validation_size
     if cfg.task == "token_classification":
         assert plan.label_names == tags  # the teacher's order, matched by name
+    if cfg.task == "regression":
+        assert plan.label_names is None and len(plan.splits["validation"]) == data.validation_size

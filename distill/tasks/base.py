@@ -63,6 +63,9 @@ class Task(Protocol):
     def check_models(self, models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any) -> None:
         """What the task needs of the models beyond one forward pass (validate runs it)."""
 
+    def hard_loss(self, student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss on the references, summed over items (labels -100 are no item)."""
+
     # --- measuring
     def eval_step(self, model: Any, batch: dict[str, Any], settings: Any = None) -> tuple[Any, Any]:
         """One batch's predictions and references."""
@@ -122,6 +125,13 @@ def try_generate(models: dict[str, Any], row: dict[str, Any]) -> None:
                     ) from None
         finally:
             model.train(was_training)
+
+
+def cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The hard loss of every task whose targets are class or token ids."""
+    from distill.losses import hard_ce
+
+    return hard_ce(student_logits, labels)
 
 
 def members() -> tuple[list[str], list[str]]:

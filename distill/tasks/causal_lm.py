@@ -41,6 +41,7 @@ ALIGNED_LABELS = True  # labels are the inputs shifted by one (checks stretch th
 ENCODER_DECODER = False
 TOKEN_LEVEL = True  # one output per target token: the teacher store keeps its top-k
 PEFT_TASK_TYPE = "CAUSAL_LM"
+hard_loss = base.cross_entropy  # cross-entropy on the reference ids
 STATS = 2  # eval_step's predictions: [negative log-likelihood sum, target tokens, generated ids...]
 
 

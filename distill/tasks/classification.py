@@ -33,6 +33,7 @@ ENCODER_DECODER = False
 TOKEN_LEVEL = False  # one output per example: the teacher store keeps every class's log-probability
 ALIGNED_LABELS = False  # labels are not the inputs shifted
 PEFT_TASK_TYPE = "SEQ_CLS"
+hard_loss = base.cross_entropy  # cross-entropy on the reference ids
 # No on-policy sampling (loss.on_policy is for causal_lm): refused in one line.
 row_seeds = base.no_row_seeds
 sample_completions = base.no_sample_completions

@@ -36,6 +36,7 @@ MODEL_CLASS = AutoModelForTokenClassification
 PRIMARY_METRIC = "f1"
 PIPELINE_TAG = "token-classification"
 PEFT_TASK_TYPE = "TOKEN_CLS"
+hard_loss = base.cross_entropy  # cross-entropy on the reference ids
 
 ENCODER_DECODER = False
 TOKEN_LEVEL = True  # one output per labelled sub-word: a store keeps every tag's log-probability

@@ -33,6 +33,7 @@ ENCODER_DECODER = True
 TOKEN_LEVEL = True  # one output per target token: the teacher store keeps its top-k
 ALIGNED_LABELS = False  # labels are the target, apart from the inputs
 PEFT_TASK_TYPE = "SEQ_2_SEQ_LM"
+hard_loss = base.cross_entropy  # cross-entropy on the reference ids
 # No on-policy sampling (loss.on_policy is for causal_lm): refused in one line.
 row_seeds = base.no_row_seeds
 sample_completions = base.no_sample_completions
