@@ -259,3 +259,19 @@ def test_regressor_family_matrix(family, regressor, tmp_path):
     assert regression.compute_metrics(predicted, list(test["labels"]))["mse"] == pytest.approx(
         student["mse"], rel=1e-4
     )
+
+
+def test_a_classifier_distils_with_matched_logits(tmp_path, teacher_dir, data_csv):
+    """loss.soft=mse for classification: the logits matched by squared error (no temperature)."""
+    from conftest import recipe_dict
+
+    out = tmp_path / "out"
+    raw = recipe_dict(
+        teacher_dir, data_csv, out, loss={"soft": "mse", "temperature": 7.0}, eval={"latency": False}
+    )
+    assert main(["run", str(write_recipe(tmp_path / "r.yaml", raw)), "train.steps=3"]) == 0
+    first = _history(out)[0]
+    assert first["train/soft"] > 0
+    assert first["train/loss"] == pytest.approx(
+        0.5 * first["train/soft"] + 0.5 * first["train/hard"], rel=1e-5
+    )
