@@ -108,7 +108,9 @@ def try_generate(models: dict[str, Any], row: dict[str, Any]) -> None:
     In eval mode and on a forked RNG: the run's randomness is as if this never ran."""
     ids = torch.tensor([list(row["input_ids"])])
     for role, model in models.items():
-        device = getattr(model, "device", torch.device("cpu"))
+        # A model dispatched by a device map (weights offloaded to meta) moves its inputs itself.
+        dispatched = bool(getattr(model, "hf_device_map", None))
+        device = torch.device("cpu") if dispatched else getattr(model, "device", torch.device("cpu"))
         inputs = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
         was_training = model.training
         model.eval()
