@@ -268,17 +268,10 @@ def collator(tokenizer: Any, model_config: Any = None) -> Any:
     return DataCollatorForTokenClassification(tokenizer, return_tensors="pt")
 
 
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in batch.items() if k != "labels"}
-
-
-def infer(model: Any, batch: dict[str, torch.Tensor], settings: Any = None) -> torch.Tensor:
-    """What serving does with a batch (timed by the latency measurement): the tag logits."""
-    return model(**model_inputs(batch)).logits
-
-
-def latency_modes(settings: Any = None) -> dict[str, Any]:
-    return {"forward": lambda model, batch: infer(model, batch, settings)}
+# The model sees a batch and is timed as a sentence classifier is: its logits from one forward pass.
+model_inputs = classification.model_inputs
+infer = classification.infer
+latency_modes = classification.latency_modes
 
 
 def eval_step(
