@@ -77,7 +77,7 @@ def test_unknown_key_names_it_and_suggests(tmp_path):
         ("teacher.finetune.enabled=maybe", r"teacher.finetune.enabled: expected true or false"),
         (
             "loss.soft=kll",
-            r"loss.soft: must be one of kl, reverse_kl, jsd; got 'kll' \(did you mean 'kl'\?\)",
+            r"loss.soft: must be one of kl, reverse_kl, jsd, mse; got 'kll' \(did you mean 'kl'\?\)",
         ),
         ("train.mixed_precision=fp8", r"train.mixed_precision: must be one of"),
         ("student.layers=[1,1]", r"student.layers: .* names a layer twice"),
