@@ -270,9 +270,9 @@ class DataConfig:
     )
     synthetic_max_number: int = 10_000_000  # synthetic num2words: numbers are drawn below this
     encoding: str = "utf-8"  # text encoding of csv files
-    text_column: str = "text"  # classification: column with the input text
+    text_column: str = "text"  # classification, regression: the input text; token_classification: the words (a list, or a text)
     text_pair_column: str = ""  # classification: optional second text column (sentence pairs)
-    label_column: str = "label"  # classification: column with the label (string names or integer ids)
+    label_column: str = "label"  # classification: the label (names or integer ids); regression: a number; token_classification: a tag per word
     source_column: str = ""  # translation: column with the source text (or use translation_column)
     target_column: str = ""  # translation: column with the reference translation
     translation_column: str = ""  # translation: a dict column {lang: text}, e.g. "translation" in WMT sets
@@ -503,7 +503,7 @@ class RecipeConfig:
     """A whole recipe: teacher, student, data, losses, budget, evaluation and output."""
 
     description: str = ""  # one line, shown by `distill recipes`
-    task: str = "classification"  # task family: classification | translation | causal_lm
+    task: str = "classification"  # task family: classification | regression | token_classification | translation | causal_lm
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     data: DataConfig = field(default_factory=DataConfig)
