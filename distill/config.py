@@ -18,7 +18,14 @@ from distill import recipe_yaml
 from distill.errors import DistillError
 from distill.typed_config import build, in_range, non_negative, one_of, positive, seed
 
-TASKS = ("classification", "translation", "causal_lm", "token_classification", "regression")
+TASKS = (
+    "classification",
+    "translation",
+    "causal_lm",
+    "token_classification",
+    "regression",
+    "multi_label_classification",
+)
 SOFT_LOSSES = ("kl", "reverse_kl", "jsd", "mse")
 HIDDEN_LOSSES = ("mse", "cosine")
 STUDENT_INITS = ("copy_layers", "prune", "from_config", "pretrained")
@@ -270,9 +277,9 @@ class DataConfig:
     )
     synthetic_max_number: int = 10_000_000  # synthetic num2words: numbers are drawn below this
     encoding: str = "utf-8"  # text encoding of csv files
-    text_column: str = "text"  # classification, regression: the input text; token_classification: the words (a list, or a text)
+    text_column: str = "text"  # classification, multi-label, regression: the input text; token_classification: the words (a list, or a text)
     text_pair_column: str = ""  # classification: optional second text column (sentence pairs)
-    label_column: str = "label"  # classification: the label (names or integer ids); regression: a number; token_classification: a tag per word
+    label_column: str = "label"  # classification: the label (names or integer ids); multi_label_classification: a list of labels (or names separated by commas); regression: a number; token_classification: a tag per word
     source_column: str = ""  # translation: column with the source text (or use translation_column)
     target_column: str = ""  # translation: column with the reference translation
     translation_column: str = ""  # translation: a dict column {lang: text}, e.g. "translation" in WMT sets
@@ -348,7 +355,7 @@ class LossConfig:
     once by the global number of items in the optimizer step.
     """
 
-    soft: str = "kl"  # soft-label loss: kl (forward, teacher||student) | reverse_kl | jsd | mse (outputs matched; regression)
+    soft: str = "kl"  # soft-label loss: kl (forward, teacher||student) | reverse_kl | jsd | mse (outputs matched; regression); multi-label: per-label binary kl / reverse_kl
     temperature: float = 2.0  # softmax temperature of the soft loss; the loss is scaled by T^2
     alpha: float = 0.5  # weight of the soft loss; the hard-label cross-entropy gets 1 - alpha
     jsd_beta: float = 0.5  # beta of the generalised JSD (0: forward KL, 1: reverse KL)
@@ -503,7 +510,7 @@ class RecipeConfig:
     """A whole recipe: teacher, student, data, losses, budget, evaluation and output."""
 
     description: str = ""  # one line, shown by `distill recipes`
-    task: str = "classification"  # task family: classification | regression | token_classification | translation | causal_lm
+    task: str = "classification"  # task family: classification | multi_label_classification | regression | token_classification | translation | causal_lm
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -168,8 +168,12 @@ def _root_cause(error: BaseException) -> BaseException:
 
 
 def _drop_incomplete(ds: Dataset, columns: list[str], name: str) -> Dataset:
+    """Rows whose text (the first column) is missing or empty, or whose other columns are missing
+    or blank, are dropped. An empty list beyond the text is a value: a multi-label example with no
+    label (a token-classification example with words but no tags is refused by its task)."""
+
     def complete(row: dict) -> bool:
-        return all(_filled(row[c]) for c in columns)
+        return _filled(row[columns[0]]) and all(_filled(row[c], empty_list=True) for c in columns[1:])
 
     kept = ds.filter(complete, desc=f"checking {name}")
     if len(kept) < len(ds):
@@ -177,7 +181,7 @@ def _drop_incomplete(ds: Dataset, columns: list[str], name: str) -> Dataset:
     return kept
 
 
-def _filled(value: object) -> bool:
+def _filled(value: object, empty_list: bool = False) -> bool:
     if value is None:
         return False
     if isinstance(value, str):
@@ -185,7 +189,7 @@ def _filled(value: object) -> bool:
     if isinstance(value, dict):  # e.g. a translation column: {"en": ..., "fr": ...}
         return all(_filled(v) for v in value.values())
     if isinstance(value, list):  # e.g. a token-classification example's words or tags
-        return bool(value)
+        return empty_list or bool(value)
     return True
 
 

@@ -16,8 +16,6 @@ from torch import Tensor, nn
 from distill.config import LossConfig
 from distill.losses import (
     HIDDEN_LOSSES,
-    SOFT_LOSSES,
-    SPARSE_SOFT_LOSSES,
     TeacherHead,
     TopK,
     chunked_kd_mix,
@@ -169,6 +167,7 @@ class LossStep:
         inputs = {k: v for k, v in self.task.model_inputs(batch).items() if k != ROW}
         per_token_chunked = (
             self.use_soft
+            and self.task.TOKEN_LEVEL
             and labels.ndim == 2
             and loss.chunk_tokens > 0
             and not self.use_hidden
@@ -197,7 +196,7 @@ class LossStep:
         items = mask.sum()
         kwargs = {"beta": loss.jsd_beta} if loss is not None and loss.soft == "jsd" else {}
         sparse = isinstance(teacher_logits, TopK)
-        soft_fn = (SPARSE_SOFT_LOSSES if sparse else SOFT_LOSSES)[loss.soft] if loss is not None else None
+        soft_fn = self.task.soft_loss(loss.soft, sparse) if loss is not None else None
         if per_token_chunked:
             # Per-token KD over a large vocabulary: soft and hard losses in one chunked pass
             # (see losses.chunked_kd_mix); no full float32 [tokens, vocab] copies.

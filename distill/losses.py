@@ -116,6 +116,59 @@ def hard_mse(student_logits: Tensor, labels: Tensor) -> Tensor:
     return (student_logits.float().reshape(labels.shape) - labels.float()).pow(2).sum()
 
 
+def _bernoulli_log_probs(logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """log σ(z/T) and log (1 − σ(z/T)), in float32, without forming σ (stable at any logit)."""
+    z = logits.float() / temperature
+    return F.logsigmoid(z), F.logsigmoid(-z)
+
+
+def binary_kl(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """``T² · Σ_cells KL(Bern(σ(t/T)) ‖ Bern(σ(s/T)))``: each label's yes/no distribution of the
+    teacher matched by the student's, summed over the (example, label) cells of ``mask``."""
+    s1, s0 = _bernoulli_log_probs(student_logits, temperature)
+    t1, t0 = _bernoulli_log_probs(teacher_logits, temperature)
+    per_cell = t1.exp() * (t1 - s1) + t0.exp() * (t0 - s0)
+    return temperature**2 * _masked_sum(per_cell, mask)
+
+
+def binary_reverse_kl(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """``T² · Σ_cells KL(Bern(σ(s/T)) ‖ Bern(σ(t/T)))``: the student's distribution first."""
+    return binary_kl(teacher_logits, student_logits, temperature=temperature, mask=mask)
+
+
+def logit_mse(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """``Σ_cells (s − t)²``: the logits matched by squared error (no temperature)."""
+    return _masked_sum((student_logits.float() - teacher_logits.float()).pow(2), mask)
+
+
+def hard_bce(student_logits: Tensor, labels: Tensor) -> Tensor:
+    """Binary cross-entropy of one logit per cell with 0/1 targets, summed over the cells whose
+    target is not -100 (multi-label classification)."""
+    mask = labels != -100
+    per_cell = F.binary_cross_entropy_with_logits(
+        student_logits.float(), torch.where(mask, labels.float(), 0.0), reduction="none"
+    )
+    return _masked_sum(per_cell, mask)
+
+
 def kd_mix(soft: Tensor, hard: Tensor, *, alpha: float) -> Tensor:
     """``alpha · soft + (1 − alpha) · hard``: the classic distillation objective."""
     return alpha * soft + (1.0 - alpha) * hard

@@ -92,6 +92,18 @@ def catalogue(tmp: Path, teacher_dir: Path, data_csv: Path) -> dict[str, tuple[l
     )
     one_tag = write_jsonl(files / "one_tag.jsonl", [{**r, "tags": ["O"] * len(r["tags"])} for r in rows])
     tagging = ["task=token_classification", "data.text_column=tokens", "data.label_column=tags"]
+    from test_multi_label import labelled_rows
+
+    multi = ["task=multi_label_classification", "data.label_column=tags"]
+    topics = write_jsonl(files / "topics.jsonl", labelled_rows(200))
+    as_lists = write_jsonl(
+        files / "as_lists.jsonl", [{**r, "sentiment": [r["sentiment"]]} for r in sentiment_rows(200)]
+    )
+    single_head = tmp / "single_head"
+    shutil.copytree(teacher_dir, single_head)
+    head_config = json.loads((single_head / "config.json").read_text())
+    head_config["problem_type"] = "single_label_classification"
+    (single_head / "config.json").write_text(json.dumps(head_config))
     one_label = write_csv(
         files / "one_label.csv", [{**r, "sentiment": "positive"} for r in sentiment_rows(200)]
     )
@@ -226,6 +238,27 @@ def catalogue(tmp: Path, teacher_dir: Path, data_csv: Path) -> dict[str, tuple[l
         "squared-error soft loss for a tagger": (
             [*tagging, f"data.files.train={tags}", "loss.soft=mse"],
             "loss.soft: mse matches one output vector per example",
+        ),
+        # multi-label classification
+        "a divergence multi-label does not take": (
+            [*multi, f"data.files.train={topics}", "loss.soft=jsd"],
+            "multi_label_classification takes kl, reverse_kl, mse",
+        ),
+        "numbers as multi-label targets": (
+            [*multi, f"data.files.train={numeric}", "data.label_column=n"],
+            "must hold each example's labels (a list of label names or ids",
+        ),
+        "multi-label names the teacher's head lacks": (
+            [*multi, f"data.files.train={topics}"],
+            "the teacher's labels ['negative', 'neutral', 'positive'] differ from the data's",
+        ),
+        "a single-label head for multi-label": (
+            [
+                "task=multi_label_classification",
+                f"data.files.train={as_lists}",
+                f"teacher.name_or_path={single_head}",
+            ],
+            "the teacher's head was trained for single_label_classification",
         ),
         # token classification
         "a sentence classifier as a tagger": (

@@ -146,6 +146,24 @@ def test_regression_in_bf16_every_stage_with_a_teacher_store(tmp_path):
     assert report["primary_metric"] == "pearson"
 
 
+def test_multi_label_in_bf16_every_stage_with_a_teacher_store(tmp_path):
+    from test_multi_label import labelled_rows, multi_label_recipe, save_multi_label
+    from test_token_classification import write_jsonl
+
+    out = tmp_path / "out"
+    raw = multi_label_recipe(
+        save_multi_label(tmp_path / "teacher"),
+        write_jsonl(tmp_path / "tags.jsonl", labelled_rows(200)),
+        out,
+        teacher={"cache": True, "finetune": {"enabled": True, "steps": 4, "batch_size": 8}},
+        train=BF16,
+        eval={"latency": False},
+    )
+    report, again = run_and_reevaluate(write_recipe(tmp_path / "r.yaml", raw), out, tmp_path / "again")
+    assert_reproduced(report, again)
+    assert report["primary_metric"] == "micro_f1"
+
+
 def test_causal_lm_in_bf16_with_sequence_kd_and_on_policy_batches(tmp_path, pairs_csv):
     out = tmp_path / "out"
     raw = causal_recipe(

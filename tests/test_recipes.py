@@ -151,6 +151,30 @@ def test_hub_recipe_validates_against_local_stand_ins(path, tmp_path):
             file = tmp_path / f"{split}.jsonl"
             file.write_text("\n".join(json.dumps(r) for r in rows))
             files[split] = str(file)
+    elif cfg.task == "multi_label_classification":
+        from datasets import ClassLabel, Dataset, Features, Sequence, Value
+        from test_multi_label import NAMES, labelled_rows, save_multi_label
+
+        # The teacher's labels in another order than the data's ClassLabel names: matched by name
+        emotions = list(reversed(NAMES))
+        teacher = save_multi_label(
+            tmp_path / "teacher", names=emotions, num_hidden_layers=12, max_position_embeddings=512
+        )
+        rows = labelled_rows(600)
+        features = Features(
+            {data.text_column: Value("string"), data.label_column: Sequence(ClassLabel(names=NAMES))}
+        )
+        files = {}
+        for split in ("train", "validation", "test"):
+            ds = Dataset.from_dict(
+                {
+                    data.text_column: [r["text"] for r in rows],
+                    data.label_column: [[NAMES.index(t) for t in r["tags"]] for r in rows],
+                },
+                features=features,
+            )
+            files[split] = str(tmp_path / f"{split}.parquet")
+            ds.to_parquet(files[split])
     elif cfg.task == "causal_lm":
         from test_causal_lm import save_causal
 
@@ -184,5 +208,11 @@ def test_hub_recipe_validates_against_local_stand_ins(path, tmp_path):
         assert len(plan.label_names) == 2 and len(plan.splits["validation"]) == data.validation_size
     if cfg.task == "token_classification":
         assert plan.label_names == tags  # the teacher's order, matched by name
+    if cfg.task == "multi_label_classification":
+        assert plan.label_names == emotions  # the teacher's order, the data's ids mapped by name
+        by_text = {r["text"]: set(r["tags"]) for r in rows}
+        for example in plan.splits["train"].select(range(20)):
+            tags = by_text[example[data.text_column]]
+            assert example["labels"] == [float(name in tags) for name in emotions]
     if cfg.task == "regression":
         assert plan.label_names is None and len(plan.splits["validation"]) == data.validation_size

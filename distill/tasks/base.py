@@ -10,6 +10,7 @@ not a set of names found by ``hasattr``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -65,6 +66,10 @@ class Task(Protocol):
 
     def hard_loss(self, student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The loss on the references, summed over items (labels -100 are no item)."""
+
+    def soft_loss(self, name: str, sparse: bool) -> Callable[..., torch.Tensor]:
+        """The soft loss ``loss.soft`` names, ``fn(student_logits, teacher, *, temperature, mask)``
+        summed over items (``sparse``: the teacher is a store's top-k entries)."""
 
     # --- measuring
     def eval_step(self, model: Any, batch: dict[str, Any], settings: Any = None) -> tuple[Any, Any]:
@@ -134,6 +139,13 @@ def cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     from distill.losses import hard_ce
 
     return hard_ce(student_logits, labels)
+
+
+def distribution_soft_loss(name: str, sparse: bool) -> Callable[..., torch.Tensor]:
+    """The soft loss of every task whose outputs are distributions over classes or tokens."""
+    from distill.losses import SOFT_LOSSES, SPARSE_SOFT_LOSSES
+
+    return (SPARSE_SOFT_LOSSES if sparse else SOFT_LOSSES)[name]
 
 
 def members() -> tuple[list[str], list[str]]:

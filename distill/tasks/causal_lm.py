@@ -42,6 +42,7 @@ ENCODER_DECODER = False
 TOKEN_LEVEL = True  # one output per target token: the teacher store keeps its top-k
 PEFT_TASK_TYPE = "CAUSAL_LM"
 hard_loss = base.cross_entropy  # cross-entropy on the reference ids
+soft_loss = base.distribution_soft_loss
 STATS = 2  # eval_step's predictions: [negative log-likelihood sum, target tokens, generated ids...]
 
 

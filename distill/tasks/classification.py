@@ -35,6 +35,7 @@ ALIGNED_LABELS = False  # labels are not the inputs shifted
 PEFT_TASK_TYPE = "SEQ_CLS"
 hard_loss = base.cross_entropy  # cross-entropy on the reference ids
 # No on-policy sampling (loss.on_policy is for causal_lm): refused in one line.
+soft_loss = base.distribution_soft_loss
 row_seeds = base.no_row_seeds
 sample_completions = base.no_sample_completions
 

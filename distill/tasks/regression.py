@@ -30,6 +30,7 @@ PEFT_TASK_TYPE = "SEQ_CLS"
 ENCODER_DECODER = False
 TOKEN_LEVEL = False  # one output per example: a store keeps it as it is
 ALIGNED_LABELS = False
+soft_loss = base.distribution_soft_loss
 row_seeds = base.no_row_seeds
 sample_completions = base.no_sample_completions
 

@@ -41,6 +41,7 @@ hard_loss = base.cross_entropy  # cross-entropy on the reference ids
 ENCODER_DECODER = False
 TOKEN_LEVEL = True  # one output per labelled sub-word: a store keeps every tag's log-probability
 ALIGNED_LABELS = False  # labels are tags, not the inputs shifted
+soft_loss = base.distribution_soft_loss
 row_seeds = base.no_row_seeds
 sample_completions = base.no_sample_completions
 
