@@ -209,10 +209,42 @@ def _log_probs(logits: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logits.float(), dim=-1)
 
 
-def _kl(reference: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Summed KL(reference || logits) over the real positions, and how many there were."""
+def _softmax_kl(reference: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     p, q = _log_probs(reference), _log_probs(logits)
-    per = (p.exp() * (p - q)).sum(-1)
+    return (p.exp() * (p - q)).sum(-1)
+
+
+def _bernoulli_kl(reference: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Each label's yes/no KL, summed over the labels: outputs read through a sigmoid each."""
+    reference, logits = reference.double(), logits.double()  # small divergences: float32 cancels
+    t1, t0 = F.logsigmoid(reference), F.logsigmoid(-reference)
+    s1, s0 = F.logsigmoid(logits), F.logsigmoid(-logits)
+    return (t1.exp() * (t1 - s1) + t0.exp() * (t0 - s0)).sum(-1)
+
+
+def _squared(reference: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    return (reference.float() - logits.float()).pow(2).sum(-1)
+
+
+# How a model's outputs are read, by its config's problem_type (Transformers' own names): softmax
+# distributions unless it says otherwise. One output (regression) has no distribution to compare.
+_DIVERGENCES = {"multi_label_classification": _bernoulli_kl, "regression": _squared}
+
+
+def _divergence(config: Any, outputs: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    found = _DIVERGENCES.get(getattr(config, "problem_type", None) or "")
+    return found or (_squared if outputs == 1 else _softmax_kl)
+
+
+def _kl(
+    reference: torch.Tensor,
+    logits: torch.Tensor,
+    mask: torch.Tensor | None,
+    divergence: Callable = _softmax_kl,
+) -> torch.Tensor:
+    """Summed divergence of ``logits`` from ``reference`` over the real positions, and how many
+    there were."""
+    per = divergence(reference, logits)
     if per.dim() == 2 and mask is not None and mask.shape == per.shape:
         return per[mask].sum(), mask.sum()
     return per.sum(), torch.tensor(per.numel())
@@ -339,14 +371,16 @@ def measure(
 
 def _skip_kl(teacher: nn.Module, deep: Stack, batches: list[dict], device: Any) -> list[float]:
     """Per block: the mean KL from the whole teacher's outputs to the teacher's without that block
-    (over the target tokens of token-level tasks, the examples of classification). One batch's
-    outputs are held at a time."""
+    (over the target tokens of token-level tasks, the examples of classification). Outputs read
+    through a sigmoid each (multi-label) are compared label by label, one output (regression) by
+    squared error. One batch's outputs are held at a time."""
     blocks = teacher.get_submodule(deep.prefix)
     totals = torch.zeros(len(blocks), dtype=torch.float64)
     count = 0
     for batch in batches:
         inputs = {k: v.to(device) for k, v in batch.items()}
         reference = teacher(**inputs).logits
+        divergence = _divergence(teacher.config, reference.shape[-1])
         mask = _token_mask(batch, reference, "decoder") if reference.dim() == 3 else None
         for index, block in enumerate(blocks):
             held: dict[str, torch.Tensor] = {}
@@ -367,7 +401,7 @@ def _skip_kl(teacher: nn.Module, deep: Stack, batches: list[dict], device: Any) 
             finally:
                 for h in handles:
                     h.remove()
-            kl, n = _kl(reference, logits, None if mask is None else mask.to(logits.device))
+            kl, n = _kl(reference, logits, None if mask is None else mask.to(logits.device), divergence)
             totals[index] += kl.double().cpu()
         count += int(n)
     return (totals / max(count, 1)).tolist()

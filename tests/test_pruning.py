@@ -536,3 +536,39 @@ def test_pruned_in_bf16_under_accelerate_launch_as_in_one_process(tmp_path, data
     report = read_report(two)
     assert report["mixed_precision"] == "bf16"
     assert report["by_name"]["student"]["precision"] == "bf16 autocast"
+
+
+@pytest.mark.parametrize("problem", ["regression", "multi_label_classification"])
+def test_skip_importance_reads_outputs_as_the_problem_type_does(problem):
+    """One output (regression) has no softmax to compare, so skipping a block is scored by squared
+    error; sigmoid outputs (multi-label) label by label. Each block's score is the mean over the
+    examples of that divergence between the whole teacher and the teacher without the block."""
+    import copy
+
+    torch.manual_seed(0)
+    labels = 1 if problem == "regression" else 3
+    names = {i: f"LABEL_{i}" for i in range(labels)}
+    config = tiny_bert_config(
+        VOCAB, hidden_dropout_prob=0.0, num_labels=labels, problem_type=problem, id2label=names, label2id=None
+    )
+    teacher = tf.BertForSequenceClassification(config).eval()
+    with torch.no_grad():  # outputs of a few units, as a trained head gives
+        teacher.classifier.weight.mul_(30)
+    calib = batches(teacher)
+    scores = pruning.measure(teacher, calib, method="skip_kl", width=False, heads=False).layers[
+        "bert.encoder.layer"
+    ]
+    for index, score in enumerate(scores):
+        skipped = copy.deepcopy(teacher)
+        del skipped.bert.encoder.layer[index]
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for batch in calib:
+                ref, out = teacher(**batch).logits.double(), skipped(**batch).logits.double()
+                if problem == "regression":
+                    per = (ref - out).pow(2).sum(-1)
+                else:
+                    p, q = torch.sigmoid(ref), torch.sigmoid(out)
+                    per = (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).sum(-1)
+                total, count = total + per.sum().item(), count + len(per)
+        assert score > 1e-7 and score == pytest.approx(total / count, rel=1e-4), index
