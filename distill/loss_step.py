@@ -124,8 +124,11 @@ class LossStep:
                 lazy = teacher_head(self.teacher, inputs)
                 if self.head_checked is None:
                     full = self.teacher(**inputs).logits
-                    self.head_checked = lazy is not None and torch.allclose(
-                        lazy[(slice(None),) * (full.ndim - 1)].float(), full.float(), rtol=1e-3, atol=1e-3
+                    sliced = None if lazy is None else lazy[(slice(None),) * (full.ndim - 1)]
+                    self.head_checked = (
+                        sliced is not None
+                        and sliced.shape == full.shape
+                        and torch.allclose(sliced.float(), full.float(), rtol=1e-3, atol=1e-3)
                     )
                     if not self.head_checked:
                         log.info("the teacher's output head is not a plain projection: using its full logits")

@@ -500,7 +500,7 @@ def teacher_head(model: nn.Module, inputs: dict[str, torch.Tensor]) -> TeacherHe
     model's own logits, and uses those otherwise (``None``: the family has no such layer).
     """
     head = model.get_output_embeddings()
-    if head is None:
+    if head is None or isinstance(head, nn.Embedding):  # FSMT names its input embeddings
         return None
     captured: dict[str, torch.Tensor] = {}
 
@@ -563,7 +563,7 @@ def decoder_inputs_builder(config: Any) -> Callable[[torch.Tensor], torch.Tensor
 
     def family_shift(labels: torch.Tensor) -> torch.Tensor:
         try:
-            return method(holder, labels=labels)
+            return method(holder, labels=labels.clone())  # FSMT's fills the -100s in place
         except (ValueError, TypeError, RuntimeError) as e:
             raise DistillError(
                 f"{config.model_type}: decoder inputs cannot be built from the labels: "

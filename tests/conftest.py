@@ -295,14 +295,14 @@ def translation_recipe(teacher_path: Path, data_path: Path, out: Path, **section
 
 
 def save_seq2seq(folder: Path, family: str, **config_kw) -> Path:
-    """A tiny teacher of ``family`` (marian, bart, mbart, t5) with the shared word-level tokenizer
-    (pad 0, </s> 1), 2+2 layers. MBart's decoder inputs are its targets with the last token (</s>)
-    moved to the front, so its generation starts with </s>."""
+    """A tiny teacher of ``family`` (marian, bart, mbart, fsmt, t5) with the shared word-level
+    tokenizer (pad 0, </s> 1), 2+2 layers. MBart's and FSMT's decoder inputs are their targets with
+    the last token (</s>) moved to the front, so their generation starts with </s>."""
     import transformers as tf
 
     tok = make_seq2seq_tokenizer(folder)
     torch.manual_seed(0)
-    start = 1 if family == "mbart" else 0
+    start = 1 if family in ("mbart", "fsmt") else 0
     ids = dict(pad_token_id=0, eos_token_id=1, decoder_start_token_id=start, forced_eos_token_id=1)
     ids.update(config_kw)
     bart_like = dict(
@@ -323,6 +323,19 @@ def save_seq2seq(folder: Path, family: str, **config_kw) -> Path:
         model = tf.BartForConditionalGeneration(tf.BartConfig(bos_token_id=0, **bart_like))
     elif family == "mbart":
         model = tf.MBartForConditionalGeneration(tf.MBartConfig(bos_token_id=0, **bart_like))
+    elif (
+        family == "fsmt"
+    ):  # two vocabularies (the same one here), its output layer not get_output_embeddings()
+        del bart_like["vocab_size"]
+        model = tf.FSMTForConditionalGeneration(
+            tf.FSMTConfig(
+                langs=["en", "fr"],
+                src_vocab_size=len(tok),
+                tgt_vocab_size=len(tok),
+                bos_token_id=0,
+                **{"use_cache": False, **bart_like},  # with the cache on, its forward has no causal mask
+            )
+        )
     elif family == "t5":
         model = tf.T5ForConditionalGeneration(
             tf.T5Config(

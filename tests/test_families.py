@@ -233,7 +233,7 @@ def test_family_matrix(family, init, tmp_path, data_csv):
     assert sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth) == pytest.approx(accuracy)
 
 
-SEQ2SEQ = ["marian", "bart", "mbart", "t5"]
+SEQ2SEQ = ["marian", "bart", "mbart", "fsmt", "t5"]
 
 
 @pytest.mark.parametrize("family", SEQ2SEQ)
@@ -252,11 +252,14 @@ def test_decoder_inputs_are_built_the_familys_own_way(family, tmp_path, translat
     assert (labels == -100).any()  # uneven lengths: padding is in the labels
     assert torch.equal(batch["decoder_input_ids"], model.prepare_decoder_input_ids_from_labels(labels=labels))
     first = batch["decoder_input_ids"][:, 0]
-    assert first.tolist() == [1 if family == "mbart" else 0] * 6  # </s> for MBart, <pad> for the others
+    assert (
+        first.tolist() == [1 if family in ("mbart", "fsmt") else 0] * 6
+    )  # </s> for MBart and FSMT, <pad> for the others
     with torch.no_grad():
         own = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
         ours = model(**translation.model_inputs(batch))
-    assert torch.equal(own.logits, ours.logits)
+    if family != "fsmt":  # FSMT's own loss path builds its decoder inputs from the source ids (upstream)
+        assert torch.equal(own.logits, ours.logits)
     generated = model.generate(input_ids=batch["input_ids"][:1], max_new_tokens=3, do_sample=False)
     assert generated[0, 0] == first[0]  # generation starts where training does
 
@@ -277,6 +280,22 @@ def test_mbart_generating_from_another_token_than_it_trains_with_is_refused(tmp_
         "the teacher (mbart) is trained with decoder inputs starting with token 1 ('</s>') but "
         "generate() starts with 0 ('<pad>'); set decoder_start_token_id to 1 in its config.json" in err
     )
+    assert not out.exists()
+
+
+def test_a_model_without_a_causal_mask_under_its_cache_is_refused_with_the_fix(tmp_path, pairs_csv, capsys):
+    """FSMT as its config comes (use_cache on) computes whole decoder inputs without a causal
+    mask: the decoder would learn from the tokens it predicts. Refused before anything is written."""
+    from conftest import save_seq2seq, translation_recipe
+
+    teacher = save_seq2seq(tmp_path / "fsmt", "fsmt", use_cache=True)
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", translation_recipe(teacher, pairs_csv, out))
+    capsys.readouterr()
+    assert main(["validate", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "the teacher (fsmt) computes otherwise on whole decoder inputs" in err
+    assert "set use_cache to false in its config.json" in err
     assert not out.exists()
 
 

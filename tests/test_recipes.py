@@ -216,3 +216,29 @@ def test_hub_recipe_validates_against_local_stand_ins(path, tmp_path):
             assert example["labels"] == [float(name in tags) for name in emotions]
     if cfg.task == "regression":
         assert plan.label_names is None and len(plan.splits["validation"]) == data.validation_size
+
+
+def test_offline_regression_recipe_runs_when_shrunk(tmp_path):
+    """tweet_agreement: the annotators' confidence in each tweet's sentiment, regressed; every stage
+    with a few steps and examples."""
+    from distill.cli import main
+
+    path = RECIPES[[p.stem for p in RECIPES].index("tweet_agreement")]
+    small = [
+        f"output.dir={tmp_path / 'run'}",
+        "data.max_train_examples=96",
+        "teacher.finetune.steps=2",
+        "teacher.finetune.batch_size=16",
+        "train.steps=2",
+        "train.batch_size=16",
+        "eval.latency=false",
+        "data.max_eval_examples=48",
+    ]
+    plan = prepare(load_recipe(path, small))
+    assert plan.cfg.task == "regression" and plan.label_names is None
+    labels = [v for split in plan.splits.values() for v in split["labels"]]
+    assert 0.25 < min(labels) < 0.5 and max(labels) == 1.0  # agreement: a third (of 3 labels) to all
+    assert main(["run", str(path), *small]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["primary_metric"] == "pearson" and report["examples"] == 48
+    assert [m["name"] for m in report["models"]] == ["teacher", "student", "baseline"]

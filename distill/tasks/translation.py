@@ -194,6 +194,35 @@ def tokenize(splits: DatasetDict, tokenizer: Any, cfg: DataConfig) -> DatasetDic
     return out
 
 
+def _masks_without_cache(models: dict[str, Any], row: dict[str, Any], decoder_ids: torch.Tensor) -> None:
+    """Each model computes the same given whole decoder inputs with and without ``use_cache``: the
+    loop calls the models as ``forward`` defaults, and a family that builds its causal mask only
+    without the cache (FSMT) would train a decoder that sees the tokens it is to predict."""
+    ids = torch.tensor([list(row["input_ids"])])
+    for role, model in models.items():
+        dispatched = bool(getattr(model, "hf_device_map", None))
+        device = torch.device("cpu") if dispatched else getattr(model, "device", torch.device("cpu"))
+        inputs = {
+            "input_ids": ids.to(device),
+            "attention_mask": torch.ones_like(ids).to(device),
+            "decoder_input_ids": decoder_ids.to(device),
+        }
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=[]), torch.inference_mode():
+                default = model(**inputs).logits.float()
+                uncached = model(**inputs, use_cache=False).logits.float()
+        finally:
+            model.train(was_training)
+        if not torch.allclose(default, uncached, rtol=1e-3, atol=1e-4):
+            raise DistillError(
+                f"the {role} ({model.config.model_type}) computes otherwise on whole decoder inputs when "
+                "config.use_cache is on (as training runs it: without a causal mask); set use_cache to "
+                "false in its config.json (generation keeps its cache through generation_config.json)"
+            )
+
+
 def check_models(models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any) -> None:
     """Every model builds its decoder inputs as the collator does (the teacher's family rule), and
     ``generate()`` starts with the token the decoder is trained to start with: a decoder trained
@@ -205,6 +234,7 @@ def check_models(models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: 
     first = next(iter(models.values()))
     expected = decoder_inputs_builder(first.config)(labels)
     base.try_generate(models, rows[0])
+    _masks_without_cache(models, rows[0], expected[:1, : len(rows[0]["labels"])])
     for role, model in models.items():
         built = decoder_inputs_builder(model.config)(labels)
         if not torch.equal(built, expected):
