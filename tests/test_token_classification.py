@@ -178,6 +178,35 @@ def test_byte_level_tokens_carrying_the_space_align_with_their_word():
     assert len(enc["input_ids"]) > 4  # "walked" split: its later pieces carry no label
 
 
+def test_sentencepiece_tokens_with_their_word_marker_align_with_their_word():
+    """XLM-R / T5-style SentencePiece (a Unigram model, ▁ for the space before a word): a word's
+    first piece may be the marker alone or the marker with letters; either way it is the word's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    unigram = Tokenizer(models.Unigram())
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.decoder = decoders.Metaspace()
+    unigram.train_from_iterator(
+        ["anna went to paris", "bob likes rome", "a walk in the park"] * 20,
+        trainers.UnigramTrainer(vocab_size=40, special_tokens=["<pad>", "<unk>"], unk_token="<unk>"),
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=unigram, pad_token="<pad>", unk_token="<unk>")
+    words = ["anna", "walked", "to", "zürich"]  # "walked" and "zürich" are not learnt: several pieces
+    text, owner = tc.word_spans(words)
+    enc = tok(text, return_offsets_mapping=True)
+    pieces = tok.convert_ids_to_tokens(enc["input_ids"])
+    assert "▁" in pieces or any(p.startswith("▁") for p in pieces)  # the marker is in play
+    starts = tc.first_subwords(enc["offset_mapping"], owner)
+    assert sorted(w for w in starts if w >= 0) == [0, 1, 2, 3]  # each word once
+    first = {w: i for i, w in enumerate(starts) if w >= 0}
+    for w, word in enumerate(words):  # the labelled piece, and the pieces up to the next word's, spell it
+        end = first.get(w + 1, len(pieces))
+        spelled = "".join(pieces[first[w] : end]).replace("▁", "").replace("<unk>", "?")
+        assert spelled.replace("?", "") and all(c in word for c in spelled.replace("?", "")), (word, pieces)
+    assert len(pieces) > 4  # split words: their later pieces carry no label
+
+
 @pytest.mark.parametrize(
     "rows, message",
     [
