@@ -110,7 +110,9 @@ def tweet_numbers(cfg: DataConfig) -> DatasetDict:
     if held_out >= total:
         raise DistillError("data.synthetic_examples: must be more than validation_size + test_size")
     if total > len(tweets):
-        raise DistillError(f"data.synthetic_examples: at most {len(tweets)} (the distinct tweets), got {total}")
+        raise DistillError(
+            f"data.synthetic_examples: at most {len(tweets)} (the distinct tweets), got {total}"
+        )
     rng = random.Random(cfg.seed)
     rng.shuffle(tweets)
     top, used = math.log10(cfg.synthetic_max_number), set()
