@@ -13,12 +13,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipe
 from distill.cli import main
 
 
-def decoder_tokenizer(folder, eos: str = "</s>"):
+def decoder_tokenizer(folder):
     """A word-level tokenizer as GPT-2's and Llama's are for this purpose: an end token, no pad token."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = ["<unk>", eos] + POSITIVE + NEGATIVE + NEUTRAL
+    words = ["<unk>", "</s>"] + POSITIVE + NEGATIVE + NEUTRAL
     core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(
@@ -26,6 +26,31 @@ def decoder_tokenizer(folder, eos: str = "</s>"):
         unk_token="<unk>",
         eos_token="</s>",
         model_input_names=["input_ids", "attention_mask"],
+    )
+    tok.model_max_length = 64
+    tok.save_pretrained(folder)
+    return tok
+
+
+def qwen2_tokenizer(folder):
+    """A byte-level BPE tokenizer learnt on the test words, with <|endoftext|> its end token and no
+    pad token, as Qwen2's is. Transformers loads the tokenizer of a qwen2 model's folder as its own
+    Qwen2Tokenizer whatever tokenizer_config.json names (qwen2 is among the model types whose hub
+    class it overrides), rebuilt from the vocabulary and merges with Qwen2's pre-tokenizer: a
+    word-level tokenizer would come back reading every word as unknown bytes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    words = POSITIVE + NEGATIVE + NEUTRAL
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    core.train_from_iterator([" ".join(words)] * 5 + words + [" " + w for w in words], trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|endoftext|>", model_input_names=["input_ids", "attention_mask"]
     )
     tok.model_max_length = 64
     tok.save_pretrained(folder)
@@ -197,7 +222,7 @@ def test_family_matrix(family, init, tmp_path, data_csv):
 
     folder = tmp_path / "teacher"
     if family == "qwen2":  # Qwen2's tokenizer class pads with <|endoftext|>, its end token
-        tok = decoder_tokenizer(folder, eos="<|endoftext|>")
+        tok = qwen2_tokenizer(folder)
     else:
         tok = make_tokenizer(folder)
         if family in ("distilbert", "modernbert"):  # their tokenizers give no token_type_ids

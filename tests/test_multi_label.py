@@ -302,7 +302,11 @@ def test_a_multi_label_classifier_through_the_teacher_store_trains_as_online(tag
         outs[cache] = tmp_path / f"c{cache}"
     online, stored = (_history(outs[c]) for c in (False, True))
     assert len(online) == 6 and min(h["train/soft"] for h in online) > 1e-7
-    assert [h["train/soft"] for h in stored] == pytest.approx([h["train/soft"] for h in online], rel=1e-4)
+    # The untrained teacher and student agree closely (a soft loss near 2e-5), so the last float32
+    # bits in which the teacher's logits differ between the store's batches and the training
+    # batches (other padding) are a larger share of it than for the other tasks; a store read for
+    # the wrong rows differs by the whole loss.
+    assert [h["train/soft"] for h in stored] == pytest.approx([h["train/soft"] for h in online], rel=1e-3)
 
 
 def test_a_multi_label_classifier_killed_mid_stage_resumes_bit_for_bit(tagged, tmp_path):
@@ -348,11 +352,11 @@ def test_two_processes_classify_multi_label_as_one(tagged, tmp_path):
 def test_multi_label_family_matrix(family, tagged, tmp_path):
     """An encoder and a decoder-only classifier (no pad token): validate, a short run, the saved
     student's probabilities through pipeline reproducing the report."""
-    from test_families import decoder_tokenizer, encoder_config
+    from test_families import encoder_config, qwen2_tokenizer
 
     _, _, data = tagged
     folder = tmp_path / "teacher"
-    tok = decoder_tokenizer(folder, eos="<|endoftext|>") if family == "qwen2" else make_tokenizer(folder)
+    tok = qwen2_tokenizer(folder) if family == "qwen2" else make_tokenizer(folder)
     config = encoder_config(family, len(tok))
     config.num_labels, config.problem_type = 3, "multi_label_classification"
     config.id2label, config.label2id = dict(enumerate(NAMES)), {n: i for i, n in enumerate(NAMES)}

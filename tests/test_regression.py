@@ -228,11 +228,11 @@ def test_two_processes_regress_as_one(regressor, tmp_path):
 def test_regressor_family_matrix(family, regressor, tmp_path):
     """An encoder and a decoder-only regressor (no pad token): validate, a short run, the saved
     student's scores through pipeline reproducing the report."""
-    from test_families import decoder_tokenizer, encoder_config
+    from test_families import encoder_config, qwen2_tokenizer
 
     _, _, data = regressor
     folder = tmp_path / "teacher"
-    tok = decoder_tokenizer(folder, eos="<|endoftext|>") if family == "qwen2" else make_tokenizer(folder)
+    tok = qwen2_tokenizer(folder) if family == "qwen2" else make_tokenizer(folder)
     config = encoder_config(family, len(tok))
     config.num_labels, config.problem_type = 1, "regression"
     config.id2label, config.label2id = {0: "LABEL_0"}, {"LABEL_0": 0}

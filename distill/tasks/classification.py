@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -196,6 +197,88 @@ def align_with_teacher(names: list[str], teacher_config: Any, explicit: bool) ->
             "set data.label_names to the teacher's label names or teacher.finetune.enabled=true"
         )
     return teacher_names  # the same labels, perhaps in another order: take the teacher's order
+
+
+class LabelSet:
+    """Label names, and the id of each value a list-valued label column holds (multi-label's labels
+    per example, token classification's tags per word), as given by name or by integer id."""
+
+    def __init__(self, names: list[str], kind: str, source_names: list[str] | None, noun: str) -> None:
+        self.names, self.kind, self.noun = names, kind, noun
+        self._index = {name: i for i, name in enumerate(names)}
+        self._folded = {name.casefold(): i for i, name in enumerate(names)}
+        # Ids of the data -> their names -> our ids (a trained teacher may order them otherwise).
+        self._by_data_id = (
+            None
+            if kind == "names" or source_names is None
+            else [self._folded[n.casefold()] for n in source_names]
+        )
+
+    def id_of(self, value: Any, split: str) -> int:
+        if self.kind == "names":
+            i = self._index.get(str(value), self._folded.get(str(value).casefold()))
+            if i is None:
+                raise DistillError(
+                    f"data: {self.noun} '{value}' in split '{split}' is not one of the {self.noun}s {self.names}"
+                )
+            return i
+        t = int(value)
+        if not 0 <= t < len(self.names):
+            raise DistillError(
+                f"data: {self.noun} {t} in split '{split}' is outside the {self.noun} set "
+                f"(0-{len(self.names) - 1}: {self.names})"
+            )
+        return self._by_data_id[t] if self._by_data_id is not None else t
+
+
+def list_label_set(
+    raw: DatasetDict,
+    cfg: DataConfig,
+    teacher_config: Any,
+    head_trained: bool,
+    *,
+    values_of: Callable[[Any], list[Any]],
+    noun: str,
+    holds: str,
+    too_few: Callable[[list[str]], str] | None,
+) -> LabelSet:
+    """The label set of a column holding a list of labels per example (or a string of them).
+
+    The names come from ``data.label_names``, else the data (a sequence of ``ClassLabel``: its
+    names; label strings: sorted; integer ids: 0 to the largest that occurs). A teacher with a
+    trained head keeps its own order, matched by name (:func:`align_with_teacher`). ``holds`` says
+    what the column must hold; ``too_few`` words the refusal of a set of fewer than 2 (None: allowed).
+    """
+    feature = raw["train"].features[cfg.label_column]
+    inner = getattr(feature, "feature", None)  # datasets' List / Sequence of one feature
+    string = ("string", "large_string")
+    if isinstance(inner, ClassLabel):
+        kind, data_names = "ids", list(inner.names)
+    elif isinstance(inner, Value) and inner.dtype.startswith(("int", "uint")):
+        kind, data_names = "ids", None
+    elif (isinstance(inner, Value) and inner.dtype in string) or (
+        isinstance(feature, Value) and feature.dtype in string
+    ):
+        kind = "names"
+        data_names = sorted({str(t) for v in raw["train"][cfg.label_column] for t in values_of(v)})
+    else:
+        raise DistillError(f"data.label_column: '{cfg.label_column}' must hold {holds}, not {feature}")
+
+    if cfg.label_names is not None:
+        names = list(cfg.label_names)
+    elif data_names is not None:
+        names = data_names
+    else:
+        found = sorted({int(t) for v in raw["train"][cfg.label_column] for t in v})
+        names = [str(i) for i in range(found[-1] + 1)] if found else []
+    if len(names) < 2 and too_few is not None:
+        raise DistillError(f"data.label_column: '{cfg.label_column}' has {too_few(names)}")
+    if head_trained:
+        names = align_with_teacher(
+            names, teacher_config, explicit=cfg.label_names is not None or data_names is not None
+        )
+    source_names = cfg.label_names if cfg.label_names is not None else data_names
+    return LabelSet(names, kind, source_names, noun)
 
 
 def check_compatible(teacher_config: Any, config: Any, what: str) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import ClassLabel, DatasetDict, Sequence, Value
+from datasets import DatasetDict, Sequence, Value
 from sklearn.metrics import average_precision_score, f1_score
 from transformers import AutoModelForSequenceClassification
 
@@ -108,27 +108,9 @@ def prepare_targets(
 ) -> tuple[DatasetDict, list[str]]:
     """Every split's ``labels``: a multi-hot list of floats, one per label; the label names.
 
-    The names come from ``data.label_names``, else the data (a sequence of ``ClassLabel``: its
-    names; label strings: sorted; integer ids: 0 to the largest that occurs). A teacher with a
-    trained head keeps its own order, matched by name, as in classification.
+    The names and their ids as :func:`classification.list_label_set` finds them (a teacher with a
+    trained head keeps its own order, matched by name).
     """
-    feature = raw["train"].features[cfg.label_column]
-    inner = getattr(feature, "feature", None)  # datasets' List / Sequence of one feature
-    string = ("string", "large_string")
-    if isinstance(inner, ClassLabel):
-        kind, data_names = "ids", list(inner.names)
-    elif isinstance(inner, Value) and inner.dtype.startswith(("int", "uint")):
-        kind, data_names = "ids", None
-    elif (isinstance(inner, Value) and inner.dtype in string) or (
-        isinstance(feature, Value) and feature.dtype in string
-    ):
-        kind = "names"
-        data_names = sorted({str(t) for v in raw["train"][cfg.label_column] for t in _labels_of(v)})
-    else:
-        raise DistillError(
-            f"data.label_column: '{cfg.label_column}' must hold each example's labels (a list of label "
-            f"names or ids, or a string of names separated by commas), not {feature}"
-        )
     if head_trained:
         problem = getattr(teacher_config, "problem_type", None)
         if problem not in (None, PROBLEM_TYPE):
@@ -136,48 +118,26 @@ def prepare_targets(
                 f"the teacher's head was trained for {problem}, not {PROBLEM_TYPE}; "
                 "set teacher.finetune.enabled=true to train a new head"
             )
-
-    if cfg.label_names is not None:
-        names = list(cfg.label_names)
-    elif data_names is not None:
-        names = data_names
-    else:
-        found = sorted({int(t) for v in raw["train"][cfg.label_column] for t in v})
-        names = [str(i) for i in range(found[-1] + 1)] if found else []
-    if len(names) < 2 and not head_trained:
-        raise DistillError(
-            f"data.label_column: '{cfg.label_column}' has {len(names)} label(s) {names} in the training "
-            "split: multi-label classification needs 2 or more"
-        )
-    if head_trained:
-        names = classification.align_with_teacher(
-            names, teacher_config, explicit=cfg.label_names is not None or data_names is not None
-        )
-    index = {name: i for i, name in enumerate(names)}
-    folded = {name.casefold(): i for i, name in enumerate(names)}
-    source_names = cfg.label_names if cfg.label_names is not None else data_names
-    # Label ids of the data -> their names -> our ids (a trained teacher may order them otherwise).
-    by_data_id = (
-        None if kind == "names" or source_names is None else [folded[n.casefold()] for n in source_names]
+    label_set = classification.list_label_set(
+        raw,
+        cfg,
+        teacher_config,
+        head_trained,
+        values_of=_labels_of,
+        noun="label",
+        holds="each example's labels (a list of label names or ids, or a string of names separated by commas)",
+        too_few=None
+        if head_trained
+        else lambda names: (
+            f"{len(names)} label(s) {names} in the training split: multi-label classification needs 2 or more"
+        ),
     )
+    names = label_set.names
 
     def encode(value: Any, split: str) -> list[float]:
         hot = [0.0] * len(names)
         for t in _labels_of(value):
-            if kind == "names":
-                i = index.get(str(t), folded.get(str(t).casefold()))
-                if i is None:
-                    raise DistillError(
-                        f"data: label '{t}' in split '{split}' is not one of the labels {names}"
-                    )
-            else:
-                t = int(t)
-                if not 0 <= t < len(names):
-                    raise DistillError(
-                        f"data: label {t} in split '{split}' is outside the label set (0-{len(names) - 1}: {names})"
-                    )
-                i = by_data_id[t] if by_data_id is not None else t
-            hot[i] = 1.0
+            hot[label_set.id_of(t, split)] = 1.0
         return hot
 
     out = DatasetDict()

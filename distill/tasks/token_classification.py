@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import ClassLabel, DatasetDict, Value
+from datasets import DatasetDict, Value
 from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
 
 from distill.config import DataConfig
@@ -102,26 +102,9 @@ def prepare_targets(
 ) -> tuple[DatasetDict, list[str]]:
     """Every split's tags as a ``labels`` list of ids, one per word; the tag names (id i is names[i]).
 
-    The names come from ``data.label_names``, else the data (a sequence of ``ClassLabel``: its
-    names; tag strings: sorted; integer ids: the ids that occur). A teacher with a trained head
-    keeps its own order, matched by name, as in classification.
+    The names and their ids as :func:`classification.list_label_set` finds them (a teacher with a
+    trained head keeps its own order, matched by name).
     """
-    feature = raw["train"].features[cfg.label_column]
-    inner = getattr(feature, "feature", None)  # datasets' List / Sequence of one feature
-    if isinstance(inner, ClassLabel):
-        kind, data_names = "ids", list(inner.names)
-    elif isinstance(inner, Value) and inner.dtype.startswith(("int", "uint")):
-        kind, data_names = "ids", None
-    elif (isinstance(inner, Value) and inner.dtype in ("string", "large_string")) or (
-        isinstance(feature, Value) and feature.dtype in ("string", "large_string")
-    ):
-        kind = "names"
-        data_names = sorted({str(t) for v in raw["train"][cfg.label_column] for t in _tags_of(v)})
-    else:
-        raise DistillError(
-            f"data.label_column: '{cfg.label_column}' must hold one tag per word (a list of tag names "
-            f"or ids, or a string of space-separated tags), not {feature}"
-        )
     text_feature = raw["train"].features[cfg.text_column]
     if not (
         isinstance(text_feature, Value)
@@ -132,29 +115,17 @@ def prepare_targets(
             f"data.text_column: '{cfg.text_column}' must hold the words (a list, or a text split on "
             f"whitespace), not {text_feature}"
         )
-
-    if cfg.label_names is not None:
-        names = list(cfg.label_names)
-    elif data_names is not None:
-        names = data_names
-    else:
-        found = sorted({int(t) for v in raw["train"][cfg.label_column] for t in v})
-        names = [str(i) for i in range(found[-1] + 1)] if found else []
-    if len(names) < 2:
-        raise DistillError(
-            f"data.label_column: '{cfg.label_column}' has {len(names)} tag(s) {names}: a tagger needs 2 or more"
-        )
-    if head_trained:
-        names = classification.align_with_teacher(
-            names, teacher_config, explicit=cfg.label_names is not None or data_names is not None
-        )
-    index = {name: i for i, name in enumerate(names)}
-    folded = {name.casefold(): i for i, name in enumerate(names)}
-    source_names = cfg.label_names if cfg.label_names is not None else data_names
-    # Tag ids of the data -> their names -> our ids (a trained teacher may order them otherwise).
-    by_data_id = (
-        None if kind == "names" or source_names is None else [folded[n.casefold()] for n in source_names]
+    tag_set = classification.list_label_set(
+        raw,
+        cfg,
+        teacher_config,
+        head_trained,
+        values_of=_tags_of,
+        noun="tag",
+        holds="one tag per word (a list of tag names or ids, or a string of space-separated tags)",
+        too_few=lambda names: f"{len(names)} tag(s) {names}: a tagger needs 2 or more",
     )
+    names = tag_set.names
 
     def encode(words: Any, tags: Any, split: str) -> list[int]:
         words, tags = words_of(words), _tags_of(tags)
@@ -164,21 +135,7 @@ def prepare_targets(
                 f"data: an example in split '{split}' has {len(words)} words and {len(tags)} tags "
                 f"({text[:60] + ('...' if len(text) > 60 else '')!r})"
             )
-        out = []
-        for t in tags:
-            if kind == "names":
-                i = index.get(str(t), folded.get(str(t).casefold()))
-                if i is None:
-                    raise DistillError(f"data: tag '{t}' in split '{split}' is not one of the tags {names}")
-                out.append(i)
-            else:
-                t = int(t)
-                if not 0 <= t < len(names):
-                    raise DistillError(
-                        f"data: tag {t} in split '{split}' is outside the tag set (0-{len(names) - 1}: {names})"
-                    )
-                out.append(by_data_id[t] if by_data_id is not None else t)
-        return out
+        return [tag_set.id_of(t, split) for t in tags]
 
     out = DatasetDict()
     for split, ds in raw.items():
