@@ -78,7 +78,7 @@ BUILDS = {
         ],
         "depth + width: 1 decoder layer, MLP 1/2": [
             "student.init=prune",
-            "student.prune.layers=1",
+            "student.prune.layers=0.34",  # a fraction: 1 of 3 (a target of 1 is the fraction 1.0, all)
             "student.prune.intermediate=0.5",
         ],
     },
