@@ -253,6 +253,14 @@ class StudentConfig:
                 raise DistillError(f"{key}.{name}: {layers} names a layer twice")
             if any(i < 0 for i in layers):
                 raise DistillError(f"{key}.{name}: layer indices start at 0, got {layers}")
+        if self.init == "prune" and all(
+            getattr(self.prune, n) == 1 for n in ("layers", "intermediate", "heads", "hidden")
+        ):
+            raise DistillError(
+                f"{key}.prune: every target keeps all of the teacher (a target of 1 is the fraction 1.0), "
+                f"so the student would be the teacher; give a fraction below 1 or a count of 2 or more "
+                f"(one block of three: {key}.prune.layers=0.34)"
+            )
         if self.init == "pretrained" and not self.name_or_path:
             raise DistillError(f"{key}.name_or_path: required when {key}.init is 'pretrained'")
         if self.init == "from_config" and not self.config_overrides:

@@ -485,6 +485,7 @@ def test_validate_refuses_an_impossible_prune_in_one_line(tmp_path, teacher_dir,
             "student.prune.heads: a bert model's head size is not its own setting",
         ),
         ("student.prune.layers=9", "student.prune.layers: 9 is more than the teacher's 4"),
+        ("student.prune.layers=1", "student.prune: every target keeps all of the teacher"),
         (
             "student.prune.intermediate=2.5",
             "student.prune.intermediate: a fraction in (0, 1] or a whole count",
