@@ -32,29 +32,35 @@ def decoder_tokenizer(folder):
     return tok
 
 
-def qwen2_tokenizer(folder):
-    """A byte-level BPE tokenizer learnt on the test words, with <|endoftext|> its end token and no
-    pad token, as Qwen2's is. Transformers loads the tokenizer of a qwen2 model's folder as its own
-    Qwen2Tokenizer whatever tokenizer_config.json names (qwen2 is among the model types whose hub
-    class it overrides), rebuilt from the vocabulary and merges with Qwen2's pre-tokenizer: a
-    word-level tokenizer would come back reading every word as unknown bytes."""
+def byte_level_tokenizer(folder, texts: list[str], eos: str = "<|endoftext|>"):
+    """A byte-level BPE tokenizer learnt on ``texts``, as GPT-2's and Qwen2's are, with an end token
+    and no pad token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    words = POSITIVE + NEGATIVE + NEUTRAL
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=400, special_tokens=[eos], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    core.train_from_iterator([" ".join(words)] * 5 + words + [" " + w for w in words], trainer)
+    core.train_from_iterator(texts, trainer)
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token="<|endoftext|>", model_input_names=["input_ids", "attention_mask"]
+        tokenizer_object=core, eos_token=eos, model_input_names=["input_ids", "attention_mask"]
     )
     tok.model_max_length = 64
     tok.save_pretrained(folder)
     return tok
+
+
+def qwen2_tokenizer(folder):
+    """A byte-level tokenizer of the test words with <|endoftext|> its end token, as Qwen2's is.
+    Transformers loads the tokenizer of a qwen2 model's folder as its own Qwen2Tokenizer whatever
+    tokenizer_config.json names (qwen2 is among the model types whose hub class it overrides),
+    rebuilt from the vocabulary and merges with Qwen2's pre-tokenizer: a word-level tokenizer would
+    come back reading every word as unknown bytes."""
+    words = POSITIVE + NEGATIVE + NEUTRAL
+    return byte_level_tokenizer(folder, [" ".join(words)] * 5 + words + [" " + w for w in words])
 
 
 def save_decoder_classifier(folder, family: str):

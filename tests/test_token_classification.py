@@ -394,30 +394,6 @@ def test_two_processes_tag_as_one(tagger, tmp_path):
         assert ra["by_name"][model]["metrics"] == pytest.approx(rb["by_name"][model]["metrics"]), model
 
 
-def byte_level_tokenizer(folder: Path, eos: str):
-    """A byte-level BPE tokenizer learnt on the data's sentences, as GPT-2's and Qwen2's are, with
-    an end token and no pad token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    sentences = [" ".join(r["tokens"]) for r in tagged_rows(300)]
-    core.train_from_iterator(
-        sentences,
-        trainers.BpeTrainer(
-            vocab_size=400, special_tokens=[eos], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-        ),
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token=eos, model_input_names=["input_ids", "attention_mask"]
-    )
-    tok.model_max_length = 64
-    tok.save_pretrained(folder)
-    return tok
-
-
 @pytest.mark.parametrize("init", ["copy_layers", "from_config"])
 @pytest.mark.parametrize("family", ["roberta", "gpt2", "qwen2"])
 def test_tagger_family_matrix(family, init, tagger, tmp_path):
@@ -438,7 +414,10 @@ def test_tagger_family_matrix(family, init, tagger, tmp_path):
         tok = make_tokenizer(folder, extra=PEOPLE + SURNAMES + PLACES + PIECES)
         config = encoder_config(family, len(tok))
     else:  # byte-level BPE with an end token and no pad token, as GPT-2's and Qwen2's
-        tok = byte_level_tokenizer(folder, eos="<|endoftext|>")
+        from test_families import byte_level_tokenizer
+
+        sentences = [" ".join(r["tokens"]) for r in tagged_rows(300)]
+        tok = byte_level_tokenizer(folder, sentences, eos="<|endoftext|>")
         if family == "qwen2":
             config = encoder_config(family, len(tok))
             config.pad_token_id = None
