@@ -1,6 +1,6 @@
 """How the student is built, and what distillation adds to each build, at comparable latency.
 
-    python benchmarks/student_builds.py TEACHER [--recipe quickstart] [--seeds 3]
+    python benchmarks/student_builds.py TEACHER [--recipe quickstart] [--seeds 3] [--from-seed 1]
         [--out DIR] [--variant NAME=key=value,key=value ...] [key=value ...]
 
 TEACHER is either a fine-tuned teacher (the `teacher/` folder of a run of a recipe that fine-tunes
@@ -9,10 +9,10 @@ fine-tuning switched off, or a run folder of a recipe that trains its teacher fr
 num2words recipes): its `teacher/` (and `pseudo_targets/`, the teacher's outputs for sequence-level
 KD) are linked into every build's output folder, which the run then reuses as it reuses them on a
 rerun (same teacher weights, data and settings, checked), so every build distils the same teacher.
-Each build runs the recipe for every seed (`train.seed` 1..N): the student trained with the teacher
+Each build runs the recipe for every seed (`train.seed` 1..N, or from `--from-seed`): the student trained with the teacher
 and the no-teacher baseline trained from the same initialisation (`train.baseline: true`), both
 with the recipe's budget. The speed-ups are measured side by side with the teacher in one report of
-every build's first-seed student (the builds' shapes do not depend on the seed). It prints, per
+every build's first seed's student (the builds' shapes do not depend on the seed). It prints, per
 build: parameters, speed-up at each latency batch size (translation and causal LM: greedy
 decoding and beam search), the student's and the baseline's test score (mean ± sd over the seeds),
 what distillation adds (student - baseline, mean ± sd of the paired differences) and the share of
@@ -125,6 +125,9 @@ def main() -> None:
     )
     parser.add_argument("--recipe", default="quickstart")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--from-seed", type=int, default=1, help="first seed to run (a later session adding seeds)"
+    )
     parser.add_argument("--out", default="student_builds_runs")
     parser.add_argument("--variant", action="append", default=[], help="NAME=key=value,key=value")
     args, overrides = parser.parse_known_args()
@@ -144,7 +147,7 @@ def main() -> None:
     seed1: dict[str, Path] = {}  # build -> its first seed's student folder
     for name, extra in builds.items():
         students, baselines = [], []
-        for seed in range(1, args.seeds + 1):
+        for seed in range(args.from_seed, args.seeds + 1):
             out = runs / f"{folder_name(name)}_seed{seed}"
             cmd = [
                 *(sys.executable, "-m", "distill.cli", "run", args.recipe),
@@ -168,7 +171,7 @@ def main() -> None:
             students.append(by_name["student"]["metrics"][primary])
             baselines.append(by_name["baseline"]["metrics"][primary])
             teacher_score = by_name["teacher"]["metrics"][primary]
-            if seed == 1:
+            if seed == args.from_seed:
                 seed1[name] = out / "student"
                 params = by_name["student"]["parameters"]
         rows.append((name, params, students, baselines, teacher_score, primary))
@@ -187,7 +190,7 @@ def main() -> None:
     timing = {m["source"]: m for m in json.loads((timed / "report.json").read_text())["models"]}
 
     name, _, _, _, teacher_score, primary = rows[0]
-    print(f"{args.recipe}: {args.seeds} seed(s); teacher {primary} {teacher_score:.4f}")
+    print(f"{args.recipe}: seeds {args.from_seed}-{args.seeds}; teacher {primary} {teacher_score:.4f}")
     print("| build | parameters | speed-up (batch size) | student | baseline | distillation adds | kept |")
     print("|---|---|---|---|---|---|---|")
     for name, params, students, baselines, teacher_score, _ in rows:
@@ -202,6 +205,13 @@ def main() -> None:
             f"| {name} | {params / 1e6:.2f}M | {speeds} | {mean_sd(students)} | {mean_sd(baselines)} "
             f"| {statistics.fmean(gains):+.2f}{spread} pts | {statistics.fmean(students) / teacher_score:.1%} |"
         )
+    # Each seed's scores, so that a later session's seeds can be pooled with these.
+    for name, _, students, baselines, _, _ in rows:
+        each = ", ".join(
+            f"seed {seed}: {s:.4f} / {b:.4f}"
+            for seed, s, b in zip(range(args.from_seed, args.seeds + 1), students, baselines, strict=True)
+        )
+        print(f"{name}: student / baseline by seed: {each}")
 
 
 if __name__ == "__main__":

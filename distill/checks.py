@@ -106,6 +106,20 @@ def launcher_settings(cfg: RecipeConfig) -> str | None:
             "from a whole model); launch without sharding (adapters need little memory) or set "
             "student.lora.enabled=false"
         )
+    if launched == "DeepSpeed":
+        # Its engine steps the optimizer inside backward(): before the loop's divergence check (a
+        # non-finite gradient would be applied) and its own gradient accumulation.
+        raise DistillError(
+            "accelerate launch asked for DeepSpeed, which distill does not train under yet (its engine "
+            "steps the optimizer inside backward, before distill checks the gradients); for sharded "
+            "training launch with --use_fsdp --fsdp_version 2, or drop --use_deepspeed"
+        )
+    if launched == "FSDP" and not accelerator_available():
+        raise DistillError(
+            "accelerate launch asked for FSDP, which Accelerate runs only on GPUs (or other accelerators), "
+            "and this machine has none; drop --use_fsdp (several CPU processes then train as plain data "
+            "parallel over gloo)"
+        )
     steps = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "").strip()
     if steps and steps != str(cfg.train.gradient_accumulation_steps):
         raise DistillError(
@@ -404,8 +418,9 @@ def cpu_processes() -> bool:
     the CPU; otherwise each would train alone on the whole data.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    return (
-        world > 1
-        and not torch.cuda.is_available()
-        and not (hasattr(torch, "xpu") and torch.xpu.is_available())
-    )
+    return world > 1 and not accelerator_available()
+
+
+def accelerator_available() -> bool:
+    """A GPU (CUDA or ROCm) or an Intel XPU is at hand: what Accelerate's sharding runs on."""
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())

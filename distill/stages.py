@@ -74,6 +74,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False, callbacks: Sequence[Callback
     # The precision the run trains and is measured in, recorded in config.yaml as resolved: a
     # resume under another launcher setting is refused as a changed setting.
     cfg = checks.with_precision(cfg)
+    checks.launcher_settings(cfg)  # before the Accelerator: a refused launcher never starts
     accelerator = Accelerator(
         cpu=checks.cpu_processes(),
         mixed_precision=cfg.train.mixed_precision,

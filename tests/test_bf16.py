@@ -283,3 +283,34 @@ def test_a_launcher_accumulation_that_differs_is_refused(tmp_path, data_csv, cap
     assert main(["validate", str(recipe)]) == 2
     assert "the launcher's gradient accumulation (4 steps" in capsys.readouterr().err
     assert main(["validate", str(recipe), "train.gradient_accumulation_steps=4"]) == 0
+
+
+def test_sharding_a_launcher_asks_for_but_cannot_have_is_refused(tmp_path, data_csv, capsys, monkeypatch):
+    """DeepSpeed (its engine steps inside backward, before the gradient checks) and FSDP on a machine
+    without GPUs (Accelerate would fall back to plain data parallel) are refused in one line, before
+    anything is written, by `validate` and by `run`."""
+    out = tmp_path / "out"
+    recipe = write_recipe(
+        tmp_path / "r.yaml", recipe_dict(save_tiny_bert(tmp_path / "teacher"), data_csv, out)
+    )
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # as `accelerate launch --use_deepspeed` sets it
+    for command in ("validate", "run"):
+        assert main([command, str(recipe)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("distill: error: accelerate launch asked for DeepSpeed"), err
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    assert not out.exists()
+    if torch.cuda.is_available():
+        return
+    # FSDP through the real launcher on this CPU-only machine: the ranks stop before training.
+    launch = [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2"),
+        *("--num_processes", "1", "-m", "distill.cli", "run", str(recipe)),
+    ]
+    proc = subprocess.run(launch, env=env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert (
+        "distill: error: accelerate launch asked for FSDP, which Accelerate runs only on GPUs" in proc.stderr
+    ), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr.split("distill: error:")[0]  # none from distill's ranks
+    assert not out.exists()
