@@ -85,6 +85,15 @@ def quantized_on_cpu(cfg: RecipeConfig) -> None:
         )
 
 
+def launched_sharding() -> str | None:
+    """The sharded training ``accelerate launch`` (its flags or config file) asked for, as it tells
+    the processes: ``FSDP``, ``DeepSpeed`` or None."""
+    for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(flag, "").lower() == "true":
+            return name
+    return None
+
+
 def launcher_settings(cfg: RecipeConfig) -> str | None:
     """What ``accelerate launch`` asks for besides the precision, where distill cannot silently
     follow it: returns the sharded training asked for (``FSDP``, ``DeepSpeed`` or None).
@@ -92,14 +101,7 @@ def launcher_settings(cfg: RecipeConfig) -> str | None:
     The loop accumulates gradients itself (``train.gradient_accumulation_steps``), so a launcher's
     own count that differs is refused rather than ignored; so are LoRA students under sharding.
     """
-    launched = next(
-        (
-            name
-            for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"))
-            if os.environ.get(flag, "").lower() == "true"
-        ),
-        None,
-    )
+    launched = launched_sharding()
     if launched and cfg.student.lora.enabled:
         raise DistillError(
             f"student.lora: LoRA students are not trained under {launched} yet (the adapters are merged "
@@ -119,6 +121,13 @@ def launcher_settings(cfg: RecipeConfig) -> str | None:
             "accelerate launch asked for FSDP, which Accelerate runs only on GPUs (or other accelerators), "
             "and this machine has none; drop --use_fsdp (several CPU processes then train as plain data "
             "parallel over gloo)"
+        )
+    fsdp2 = launched == "FSDP" and os.environ.get("FSDP_VERSION", "1").strip() == "2"
+    if cfg.teacher.shard is True and not fsdp2:
+        how = "shards with FSDP version 1" if launched == "FSDP" else "does not shard"
+        raise DistillError(
+            "teacher.shard=true: the teacher is sharded only under FSDP2 (accelerate launch --use_fsdp "
+            f"--fsdp_version 2), and this launch {how}; set teacher.shard=auto or false"
         )
     steps = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "").strip()
     if steps and steps != str(cfg.train.gradient_accumulation_steps):

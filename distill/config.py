@@ -98,6 +98,9 @@ class TeacherConfig:
     max_memory: dict[str, str] = field(
         default_factory=dict
     )  # with device_map: the most each device may hold ({0: 20GiB, cpu: 60GiB}); what does not fit is offloaded to disk
+    shard: bool | str = (
+        "auto"  # under FSDP2 (accelerate launch --use_fsdp --fsdp_version 2): auto (sharded when the student stage runs it online) | true (each process holds 1/N of the frozen teacher's weights, gathered block by block in its forward) | false (a whole replica per process)
+    )
 
     def check(self, key: str) -> None:
         if self.architecture:
@@ -129,6 +132,18 @@ class TeacherConfig:
                 )
         elif self.max_memory:
             raise DistillError(f"{key}.max_memory: only with {key}.device_map (e.g. auto)")
+        if self.shard not in (True, False, "auto"):
+            raise DistillError(f"{key}.shard: expected true, false or auto, got {self.shard!r}")
+        if self.shard is True and self.device_map:
+            raise DistillError(
+                f"{key}.shard: a teacher placed by {key}.device_map is not sharded as well; set "
+                f"{key}.shard=false or drop {key}.device_map"
+            )
+        if self.shard is True and self.cache:
+            raise DistillError(
+                f"{key}.shard: with {key}.cache the student stage reads the teacher's stored outputs and "
+                f"never runs the teacher, so there is nothing to shard; set {key}.shard=auto or false"
+            )
         for device, size in self.max_memory.items():
             from accelerate.utils import convert_file_size_to_int
 

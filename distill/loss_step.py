@@ -21,7 +21,7 @@ from distill.losses import (
     chunked_kd_mix,
     kd_mix,
 )
-from distill.modeling import HiddenProjection, teacher_head
+from distill.modeling import HiddenProjection, sharded, teacher_head
 from distill.teacher_store import ROW, TeacherStore
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,9 @@ class LossStep:
         """The online teacher's logits; for chunked per-token KD, its last hidden states and output
         head instead (no [tokens, vocabulary] tensor), once checked to give the model's logits."""
         assert self.teacher is not None
+        if sharded(self.teacher):
+            # Its output layer is gathered only inside the teacher's own forward pass.
+            self.head_checked = False
         with torch.inference_mode():
             if chunked and self.head_checked is not False:
                 lazy = teacher_head(self.teacher, inputs)

@@ -372,8 +372,32 @@ def dispatched(model: nn.Module) -> bool:
 
 
 def place(model: nn.Module, device: Any) -> nn.Module:
-    """``model`` on ``device``; a dispatched model stays where its placement put it."""
-    return model if dispatched(model) else model.to(device)
+    """``model`` on ``device``; a dispatched or sharded model stays where its placement put it."""
+    return model if dispatched(model) or sharded(model) else model.to(device)
+
+
+def sharded(model: nn.Module) -> bool:
+    """Sharded by FSDP2's ``fully_shard``: each process holds a part of every weight."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def shard_for_inference(model: nn.Module) -> int:
+    """Shard a frozen model over the processes with FSDP2's ``fully_shard``, for forward passes only:
+    each block (the classes transformers keeps whole, ``_no_split_modules``) and then the rest
+    (embeddings, heads, tied weights together) are their own units, gathered just before their
+    forward and freed right after it, so a process holds 1/N of the weights plus one block at a time.
+    The model moves to the processes' device as it is sharded. Returns this process's share of the
+    weights (elements). Every process must then run the same number of forward passes."""
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    for module in reversed(list(model.modules())[1:]):  # inner units before the ones around them
+        if type(module).__name__ in blocks and not sharded(module):
+            fully_shard(module, reshard_after_forward=True)
+    fully_shard(model, reshard_after_forward=True)
+    return sum(p.to_local().numel() for p in model.parameters())
 
 
 def placement(cfg: Any) -> dict[str, Any]:

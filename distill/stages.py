@@ -43,6 +43,7 @@ from distill.loss_step import LossStep
 from distill.modeling import (
     HiddenProjection,
     build_student,
+    count_parameters,
     default_layer_map,
     dispatched,
     freeze,
@@ -50,10 +51,11 @@ from distill.modeling import (
     num_layers,
     padded_rows,
     place,
+    shard_for_inference,
     suppress_in_generation,
     suppressing,
 )
-from distill.plan import FINETUNE_MARKER, Plan, prepare, set_labels, store_folder
+from distill.plan import FINETUNE_MARKER, Plan, load_teacher, prepare, set_labels, store_folder
 from distill.report import REPORT_FILES, console_summary, write_report
 from distill.run_folder import (
     BASELINE_DIR,
@@ -153,12 +155,22 @@ def _run(
     _tokenize(state)
     teacher = _teacher_stage(state, plan.teacher)
     start = _build_student(state, teacher)
-    teacher = place(freeze(teacher, cfg.teacher.dtype), accelerator.device)
+    shard = _shards_teacher(accelerator, cfg)
+    teacher = freeze(teacher, cfg.teacher.dtype)
+    if not shard or cfg.loss.sequence_kd:  # a sharded teacher goes to the device as it is sharded
+        teacher = place(teacher, accelerator.device)  # (sequence-level targets: generated whole first)
     signal = _training_signal(state, teacher, start)
+    placed: dict[str, Any] = {}
+    if shard:
+        placed = _shard_teacher(accelerator, teacher, cfg.teacher.shard)
     student, result = _student_stage(
         state, "distill", start.model, signal.loss_step, signal.train_split, STUDENT_DIR
     )
-    place(teacher, accelerator.device)  # for the report (a cached teacher was kept off the device)
+    if shard:  # the report measures the teacher whole, as its users run it: read back from its folder
+        signal.loss_step.teacher = None
+        teacher = _plain_teacher(state)
+    else:
+        place(teacher, accelerator.device)  # for the report (a cached teacher was kept off the device)
     entries = [
         Entry("teacher", "teacher", teacher, _teacher_source(cfg)),
         Entry("student", "student", student, str(out / STUDENT_DIR)),
@@ -169,6 +181,7 @@ def _run(
         "labels": plan.label_names,
         "student_layers_from_teacher": start.copied,
         **({"student_init": start.built} if start.built else {}),
+        **({"teacher_sharded": placed} if placed else {}),
         "train_examples": len(signal.train_split),
         "student_validation": result.metrics,
         "history": result.history,
@@ -190,6 +203,41 @@ def _run(
     results["report"] = report
     accelerator.end_training()
     return results
+
+
+def _shards_teacher(accelerator: Accelerator, cfg: RecipeConfig) -> bool:
+    """``teacher.shard`` for this launch: auto shards under FSDP2 over several processes when the
+    student stage runs the teacher (not with a store, nor a teacher placed by device_map)."""
+    fsdp2 = bool(getattr(accelerator, "is_fsdp2", False))
+    if cfg.teacher.shard is True:
+        if not fsdp2:  # checked before the launch; an Accelerator set up otherwise from Python
+            raise DistillError("teacher.shard=true: the teacher is sharded only under FSDP2 training")
+        return True
+    online = not cfg.teacher.cache and not cfg.teacher.device_map
+    return cfg.teacher.shard == "auto" and fsdp2 and accelerator.num_processes > 1 and online
+
+
+def _shard_teacher(accelerator: Accelerator, teacher: torch.nn.Module, setting: bool | str) -> dict[str, Any]:
+    """The frozen teacher sharded for the student stage's forward passes; what each process holds."""
+    whole = count_parameters(teacher)
+    local = shard_for_inference(teacher)
+    n = accelerator.num_processes
+    accelerator.print(
+        f"teacher: sharded for inference over {n} processes (FSDP2, teacher.shard={str(setting).lower()}): "
+        f"{local / 1e6:.2f}M of its {whole / 1e6:.2f}M weights on each, a block gathered at a time"
+    )
+    return {"processes": n, "parameters": whole, "parameters_per_process": local}
+
+
+def _plain_teacher(state: RunState) -> torch.nn.Module:
+    """The teacher as its folder (or hub id) holds it, whole on this process's device, frozen."""
+    cfg, plan = state.cfg, state.plan
+    if cfg.teacher.stage.enabled:
+        teacher = reload(plan.task, state.out / TEACHER_DIR, state.accelerator.device)
+    else:
+        teacher = load_teacher(plan)
+        checks.pad_in_config(teacher, plan.tokenizer)
+    return place(freeze(teacher, cfg.teacher.dtype), state.accelerator.device)
 
 
 def _open(state: RunState, lock: FolderLock) -> None:

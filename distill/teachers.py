@@ -26,7 +26,8 @@ def stage_settings(cfg: RecipeConfig) -> dict[str, Any]:
         f"teacher.{k}": v
         for k, v in to_dict(cfg.teacher).items()
         # how it is used later, not what it is: its precision, its store, where it is placed
-        if k not in ("dtype", "finetune", "train", "device_map", "max_memory") and not k.startswith("cache")
+        if k not in ("dtype", "finetune", "train", "device_map", "max_memory", "shard")
+        and not k.startswith("cache")
     }
     stage = "train" if cfg.teacher.architecture else "finetune"
     settings.update({f"teacher.{stage}.{k}": v for k, v in to_dict(cfg.teacher.stage).items()})

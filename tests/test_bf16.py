@@ -314,3 +314,37 @@ def test_sharding_a_launcher_asks_for_but_cannot_have_is_refused(tmp_path, data_
     ), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr.split("distill: error:")[0]  # none from distill's ranks
     assert not out.exists()
+
+
+def test_a_teacher_sharded_where_it_cannot_be_is_refused(tmp_path, data_csv, capsys, monkeypatch):
+    """teacher.shard=true needs FSDP2 training that runs the teacher online: without such a launch,
+    with FSDP version 1, beside a teacher store or a device map it is refused in one line by
+    `validate`, before anything is written; auto and false pass anywhere."""
+    out = tmp_path / "out"
+    recipe = write_recipe(
+        tmp_path / "r.yaml", recipe_dict(save_tiny_bert(tmp_path / "teacher"), data_csv, out)
+    )
+    refused = {
+        (): "teacher.shard=true: the teacher is sharded only under FSDP2",
+        ("teacher.cache=true",): "teacher.shard: with teacher.cache the student stage reads",
+        ("teacher.device_map=auto",): "teacher.shard: a teacher placed by teacher.device_map",
+        ("teacher.shard=sometimes",): "teacher.shard: expected true, false or auto, got 'sometimes'",
+    }
+    capsys.readouterr()  # what saving the teacher printed
+    for extra, message in refused.items():
+        shard = [] if any(e.startswith("teacher.shard") for e in extra) else ["teacher.shard=true"]
+        assert main(["validate", str(recipe), *shard, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"distill: error: {message}"), err
+    for setting in ("auto", "false"):
+        assert main(["validate", str(recipe), f"teacher.shard={setting}"]) == 0
+    # FSDP version 1 (accelerate launch --use_fsdp without --fsdp_version 2), on a machine with an
+    # accelerator as far as the checks can tell: refused by name.
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    monkeypatch.setattr("distill.checks.accelerator_available", lambda: True)
+    assert main(["validate", str(recipe), "teacher.shard=true"]) == 2
+    assert "and this launch shards with FSDP version 1" in capsys.readouterr().err
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    assert main(["validate", str(recipe), "teacher.shard=true"]) == 0
+    assert not out.exists()

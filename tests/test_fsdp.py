@@ -75,6 +75,12 @@ def test_fsdp2_trains_as_one_process_saves_a_plain_folder_and_resumes_exactly(tm
     assert len(la) == len(lb) == 8 and la == pytest.approx(lb, rel=1e-4)
     ra, rb = read_report(one), read_report(straight)
     assert ra["by_name"]["student"]["metrics"] == rb["by_name"]["student"]["metrics"]
+    # The frozen teacher sharded too (teacher.shard=auto), half of it on each process, and gave the
+    # losses of the whole one above; the report measured it whole again, read back from its folder.
+    shard = json.loads((straight / "results.json").read_text())["teacher_sharded"]
+    assert shard["processes"] == 2 and shard["parameters_per_process"] < 0.6 * shard["parameters"], shard
+    assert "teacher_sharded" not in json.loads((one / "results.json").read_text())
+    assert ra["by_name"]["teacher"]["metrics"] == rb["by_name"]["teacher"]["metrics"]
     # Gathered into a whole, plain folder: every weight of the single-process student, close to it.
     a, b = (load_file(str(d / "student" / "model.safetensors")) for d in (one, straight))
     assert set(a) == set(b)
@@ -109,8 +115,8 @@ def test_fsdp2_trains_as_one_process_saves_a_plain_folder_and_resumes_exactly(tm
 
 def test_fsdp2_decoder_only_with_on_policy_samples_and_generated_scores(tmp_path, pairs_csv):
     """generate() on a sharded student (on-policy samples of different lengths per process,
-    validation by greedy completions) keeps the processes in step: the run ends, in bf16, with the
-    losses of one process with the same global batch."""
+    validation by greedy completions) keeps the processes in step, and so does the sharded teacher
+    scoring them: the run ends, in bf16, with the losses of one process with the same global batch."""
     from test_causal_lm import causal_recipe, save_causal
 
     raw = causal_recipe(
@@ -127,3 +133,6 @@ def test_fsdp2_decoder_only_with_on_policy_samples_and_generated_scores(tmp_path
     lb = [h["train/loss"] for h in history(two) if "train/loss" in h]
     assert len(la) == len(lb) == 4 and la == pytest.approx(lb, rel=2e-2)  # bf16: rounding differs by layout
     assert read_report(two)["mixed_precision"] == "bf16"
+    # The teacher that scored the samples was sharded as well (teacher.shard=auto): half on each.
+    shard = json.loads((two / "results.json").read_text())["teacher_sharded"]
+    assert shard["processes"] == 2 and shard["parameters_per_process"] < 0.6 * shard["parameters"], shard
