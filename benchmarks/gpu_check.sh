@@ -8,7 +8,8 @@
 #   3. a bf16 end-to-end run of each task (classification, translation, causal_lm), every stage,
 #      teacher.dtype auto (bf16 on the card), and one fp16 run,
 #   4. FSDP2 through `accelerate launch --use_fsdp --fsdp_version 2` on the one card: the sharded
-#      code paths (gathered save, sharded checkpoints, resume) end to end.
+#      code paths (gathered save, sharded checkpoints, resume, the teacher sharded for inference
+#      with teacher.shard=true, moved to the card as it is sharded) end to end.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=4
 out=${OUT:-$(mktemp -d)}
@@ -54,12 +55,12 @@ done
 
 echo "== 4. FSDP2 on the card, with a kill and --resume"
 launch="python3 -m accelerate.commands.launch --use_fsdp --fsdp_version 2 --num_processes 1 --mixed_precision bf16"
-timeout 120 $launch -m distill.cli run "$out/cls.yaml" output.dir="$out/fsdp" train.mixed_precision= train.steps=90 2>&1 | grep -v "it/s" | tail -4
-timeout 60 $launch -m distill.cli run "$out/cls.yaml" output.dir="$out/fsdp_kill" train.mixed_precision= train.steps=90 train.baseline=false >/dev/null 2>&1 &
+timeout 120 $launch -m distill.cli run "$out/cls.yaml" output.dir="$out/fsdp" train.mixed_precision= train.steps=90 teacher.shard=true 2>&1 | grep -v "it/s" | tail -4
+timeout 60 $launch -m distill.cli run "$out/cls.yaml" output.dir="$out/fsdp_kill" train.mixed_precision= train.steps=90 teacher.shard=true train.baseline=false >/dev/null 2>&1 &
 pid=$!
 while [ ! -d "$out/fsdp_kill/stages/distill/checkpoints/step_60" ] && kill -0 $pid 2>/dev/null; do sleep 0.2; done
 pkill -9 -f "fsdp_kill" ; wait $pid 2>/dev/null
-timeout 120 $launch -m distill.cli run "$out/cls.yaml" output.dir="$out/fsdp_kill" train.mixed_precision= train.steps=90 train.baseline=false --resume 2>&1 | grep -v "it/s" | tail -3
+timeout 120 $launch -m distill.cli run "$out/cls.yaml" output.dir="$out/fsdp_kill" train.mixed_precision= train.steps=90 teacher.shard=true train.baseline=false --resume 2>&1 | grep -v "it/s" | tail -3
 python3 - "$out" <<'PY'
 import sys
 from pathlib import Path
@@ -69,4 +70,6 @@ w = Path(sys.argv[1])
 a, b = (load_file(str(w / d / "student" / "model.safetensors")) for d in ("fsdp", "fsdp_kill"))
 print("FSDP2 student gathered:", sorted(a)[:2], "...", len(a), "tensors; killed + resumed equals uninterrupted:",
       all(torch.equal(a[k], b[k]) for k in a))
+import json
+print("teacher sharded:", json.loads((w / "fsdp" / "results.json").read_text()).get("teacher_sharded"))
 PY
