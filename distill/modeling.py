@@ -378,6 +378,8 @@ def place(model: nn.Module, device: Any) -> nn.Module:
 
 def sharded(model: nn.Module) -> bool:
     """Sharded by FSDP2's ``fully_shard``: each process holds a part of every weight."""
+    if not torch.distributed.is_available():  # a torch build without distributed support
+        return False
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)
