@@ -3,6 +3,8 @@ VENV ?= .venv
 TORCH_INDEX_URL ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEEPSPEED_DIR := $(VENV)/deepspeed
+DEEPSPEED_PACKAGES := deepspeed==0.19.8 hjson==3.1.0 msgpack==1.2.4 ninja==1.13.2 py-cpuinfo==9.0.0 einops==0.8.2
 
 .PHONY: install quickstart test lint format bench
 
@@ -14,6 +16,9 @@ $(STAMP): pyproject.toml
 	# the CPU build from PyTorch's index instead.
 	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install --quiet -e ".[offline,dev]"
+	# DeepSpeed for the tests of training under it, in a folder of its own that only those tests put
+	# on the path: importing it costs every process that saves a model a few seconds once installed.
+	$(PY) -m pip install --quiet --no-deps --target $(DEEPSPEED_DIR) $(DEEPSPEED_PACKAGES)
 	touch $(STAMP)
 
 install: $(STAMP)

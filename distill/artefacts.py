@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from distill import atomic
+from distill import atomic, zero
 from distill.errors import RunFailed
 
 RECORD = "complete.json"
@@ -52,7 +52,7 @@ def ship(
     partial = path.with_name(f"{atomic.PARTIAL}{path.name}")
     # Every process takes part: a model sharded by FSDP or DeepSpeed ZeRO-3 is gathered here (the
     # full weights on the main process), a replicated one is just its own state dict.
-    state = accelerator.get_state_dict(model)
+    state = accelerator.get_state_dict(zero.engine_of(accelerator, model))
     if accelerator.is_main_process:
         with atomic.disk_errors(path):
             atomic.remove(partial)

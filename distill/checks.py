@@ -109,13 +109,9 @@ def launcher_settings(cfg: RecipeConfig) -> str | None:
             "student.lora.enabled=false"
         )
     if launched == "DeepSpeed":
-        # Its engine steps the optimizer inside backward(): before the loop's divergence check (a
-        # non-finite gradient would be applied) and its own gradient accumulation.
-        raise DistillError(
-            "accelerate launch asked for DeepSpeed, which distill does not train under yet (its engine "
-            "steps the optimizer inside backward, before distill checks the gradients); for sharded "
-            "training launch with --use_fsdp --fsdp_version 2, or drop --use_deepspeed"
-        )
+        from distill import zero
+
+        zero.launch_problems(cfg)
     if launched == "FSDP" and not accelerator_available():
         raise DistillError(
             "accelerate launch asked for FSDP, which Accelerate runs only on GPUs (or other accelerators), "
@@ -124,7 +120,10 @@ def launcher_settings(cfg: RecipeConfig) -> str | None:
         )
     fsdp2 = launched == "FSDP" and os.environ.get("FSDP_VERSION", "1").strip() == "2"
     if cfg.teacher.shard is True and not fsdp2:
-        how = "shards with FSDP version 1" if launched == "FSDP" else "does not shard"
+        how = {
+            "FSDP": "shards with FSDP version 1",
+            "DeepSpeed": "trains under DeepSpeed (the teacher is replicated)",
+        }.get(launched, "does not shard")
         raise DistillError(
             "teacher.shard=true: the teacher is sharded only under FSDP2 (accelerate launch --use_fsdp "
             f"--fsdp_version 2), and this launch {how}; set teacher.shard=auto or false"
@@ -427,7 +426,10 @@ def cpu_processes() -> bool:
     the CPU; otherwise each would train alone on the whole data.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    return world > 1 and not accelerator_available()
+    # DeepSpeed runs on CPU processes too (its CPU accelerator, over gloo), but Accelerate sets it
+    # up only for processes not told to use the CPU.
+    deepspeed = launched_sharding() == "DeepSpeed"
+    return world > 1 and not accelerator_available() and not deepspeed
 
 
 def accelerator_available() -> bool:

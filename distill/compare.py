@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from datasets import DatasetDict
 from transformers import AutoConfig, AutoTokenizer
 
-from distill import checks, folder_lock, tasks
+from distill import checks, folder_lock, tasks, zero
 from distill.config import RecipeConfig
 from distill.data import load_raw
 from distill.errors import DistillError
@@ -81,6 +81,7 @@ def evaluate_saved(
 
     # Measured in the precision the models were trained in (the recipe's, else the launcher's).
     accelerator = Accelerator(cpu=checks.cpu_processes(), mixed_precision=checks.mixed_precision(cfg))
+    zero.load_models_whole(accelerator)
     entries = [
         Entry(
             "teacher",

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from distill import atomic, checkpoints
+from distill import atomic, checkpoints, zero
 from distill.batches import endless, make_dataloader
 from distill.callbacks import CallbackList
 from distill.config import TrainConfig
@@ -185,6 +185,14 @@ def train(
         num_warmup_steps=round(cfg.warmup_ratio * cfg.steps),
         num_training_steps=cfg.steps,
     )
+    if zero.active(accelerator):
+        if len(modules) > 1:
+            raise DistillError(
+                f"{name}: a hidden-state projection cannot be trained under DeepSpeed (one model)"
+            )
+        zero.configure_stage(
+            accelerator, batch_size=cfg.batch_size, accumulation=accum, max_grad_norm=cfg.max_grad_norm
+        )
     prepared = accelerator.prepare(*modules, optimizer, train_dl, eval_dl)
     student, projection = prepared[0], (prepared[1] if len(modules) > 1 else None)
     optimizer, train_dl, eval_dl = prepared[len(modules) :]
@@ -193,6 +201,7 @@ def train(
         # generate() (evaluation, on-policy samples) keeps the processes in step only for models it
         # knows are sharded; Accelerate's fully_shard does not mark them as transformers' own does.
         accelerator.unwrap_model(student)._is_fsdp_managed_module = True
+    zero.mark_sharded(accelerator, student)
     if loss_step.teacher is not None:
         # The teacher is not prepared (never wrapped for DDP, never in a checkpoint): place it by hand.
         place(loss_step.teacher, accelerator.device)
@@ -330,12 +339,17 @@ def backward_step(
     global_items = accelerator.reduce(local_items, "sum") if accelerator.num_processes > 1 else local_items
     scale = accelerator.num_processes / global_items.clamp(min=1).float()
     totals: dict[str, Tensor] = {}
+    deepspeed = zero.active(accelerator)
     for i, (batch, sampled) in enumerate(drawn):
         # Gradients are all-reduced once per optimizer step, on its last micro-batch.
         last = i == len(drawn) - 1
-        with contextlib.nullcontext() if last else accelerator.no_sync(model), accelerator.autocast():
+        quiet = contextlib.nullcontext() if last or deepspeed else accelerator.no_sync(model)
+        with quiet, accelerator.autocast():
             terms = loss_step(model, batch, on_policy=sampled)
-            accelerator.backward(terms["loss"] * scale)
+            if deepspeed:  # the engine reduces, clips and steps on the last micro-batch
+                zero.backward(accelerator, terms["loss"] * scale, last=last)
+            else:
+                accelerator.backward(terms["loss"] * scale)
         for k in loss_step.summed:
             value = terms[k].detach().float()
             totals[k] = totals[k] + value if k in totals else value

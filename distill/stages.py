@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
 from datasets import DatasetDict, concatenate_datasets
 
-from distill import atomic, checks, folder_lock, hub, lora, memory, pruning, run_folder, teacher_store
+from distill import atomic, checks, folder_lock, hub, lora, memory, pruning, run_folder, teacher_store, zero
 from distill.artefacts import (
     RECORD,
     is_model_folder,
@@ -85,6 +85,7 @@ def run(cfg: RecipeConfig, *, resume: bool = False, callbacks: Sequence[Callback
         # Each stage's data order follows the seed set just before it (torch's initial seed).
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    zero.load_models_whole(accelerator)
     lock = FolderLock(Path(cfg.output.dir))
     try:
         hooks = CallbackList(callbacks, accelerator.is_main_process)

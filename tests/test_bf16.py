@@ -286,9 +286,9 @@ def test_a_launcher_accumulation_that_differs_is_refused(tmp_path, data_csv, cap
 
 
 def test_sharding_a_launcher_asks_for_but_cannot_have_is_refused(tmp_path, data_csv, capsys, monkeypatch):
-    """DeepSpeed (its engine steps inside backward, before the gradient checks) and FSDP on a machine
-    without GPUs (Accelerate would fall back to plain data parallel) are refused in one line, before
-    anything is written, by `validate` and by `run`."""
+    """DeepSpeed where it is not installed (this venv: the DeepSpeed tests put it on their own
+    path) and FSDP on a machine without GPUs (Accelerate would fall back to plain data parallel) are
+    refused in one line, before anything is written, by `validate` and by `run`."""
     out = tmp_path / "out"
     recipe = write_recipe(
         tmp_path / "r.yaml", recipe_dict(save_tiny_bert(tmp_path / "teacher"), data_csv, out)
@@ -297,7 +297,9 @@ def test_sharding_a_launcher_asks_for_but_cannot_have_is_refused(tmp_path, data_
     for command in ("validate", "run"):
         assert main([command, str(recipe)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err[-1].startswith("distill: error: accelerate launch asked for DeepSpeed"), err
+        assert err[-1].startswith(
+            "distill: error: accelerate launch asked for DeepSpeed, which is not installed"
+        ), err
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     assert not out.exists()
     if torch.cuda.is_available():
