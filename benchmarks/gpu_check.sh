@@ -9,7 +9,9 @@
 #      teacher.dtype auto (bf16 on the card), and one fp16 run,
 #   4. FSDP2 through `accelerate launch --use_fsdp --fsdp_version 2` on the one card: the sharded
 #      code paths (gathered save, sharded checkpoints, resume, the teacher sharded for inference
-#      with teacher.shard=true, moved to the card as it is sharded) end to end.
+#      with teacher.shard=true, moved to the card as it is sharded) end to end,
+#   5. DeepSpeed ZeRO-3 through `accelerate launch --use_deepspeed --zero_stage 3` on the card, bf16,
+#      where DeepSpeed imports (installed, or carried in .venv/deepspeed as `make install` puts it).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=4
 out=${OUT:-$(mktemp -d)}
@@ -73,3 +75,14 @@ print("FSDP2 student gathered:", sorted(a)[:2], "...", len(a), "tensors; killed 
 import json
 print("teacher sharded:", json.loads((w / "fsdp" / "results.json").read_text()).get("teacher_sharded"))
 PY
+
+echo "== 5. DeepSpeed ZeRO-3 on the card (bf16)"
+ds_path="$PWD/.venv/deepspeed"
+if PYTHONPATH="$ds_path:$PYTHONPATH" python3 -c "import deepspeed" 2>/dev/null; then
+  PYTHONPATH="$ds_path:$PYTHONPATH" PATH="$ds_path/bin:$PATH" timeout 150 python3 -m accelerate.commands.launch \
+    --use_deepspeed --zero_stage 3 --num_processes 1 --mixed_precision bf16 -m distill.cli run "$out/lm.yaml" \
+    output.dir="$out/zero3" train.mixed_precision= 2>&1 | grep -v "it/s" | tail -4
+  python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print('ZeRO-3:', r['mixed_precision'], *(f\"{m['name']} {m['precision']} {r['primary_metric']} {m['metrics'][r['primary_metric']]:.4f}\" for m in r['models']))" "$out/zero3/report.json"
+else
+  echo "DeepSpeed does not import here: skipped"
+fi

@@ -295,9 +295,10 @@ def train(
                 accelerator.log({f"{name}/validation/{k}": v for k, v in metrics.items()}, step=step)
                 history.append({"step": step, **{f"validation/{k}": v for k, v in metrics.items()}})
                 callbacks.on_evaluate(name, step, metrics)
-                progress.write(
-                    f"{name} step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-                )
+                if accelerator.is_local_main_process:  # tqdm.write prints whatever disable says
+                    progress.write(
+                        f"{name} step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                    )
             if checkpointing:
                 saved = checkpoints.save(
                     accelerator,

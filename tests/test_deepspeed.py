@@ -233,3 +233,25 @@ def test_what_a_deepspeed_launch_cannot_run_is_refused_in_one_line(tmp_path, dat
         zero.configure_stage(
             accelerator({"gradient_clipping": 0.5}), batch_size=4, accumulation=1, max_grad_norm=1.0
         )
+
+
+@needs_deepspeed
+def test_a_diverged_zero3_run_is_stopped_and_saves_nothing(tmp_path, data_csv):
+    """The engine steps inside its backward: the loop's divergence check reads the gradient norm it
+    computed, and the stage stops at the next log with one line, its student never saved."""
+    raw = recipe_dict(
+        save_tiny_bert(tmp_path / "teacher"),
+        data_csv,
+        tmp_path / "unused",
+        train={"steps": 6, "log_every": 1, "learning_rate": 1e4, "checkpoint_every": 2},
+        eval={"batch_size": 8, "latency": False},
+    )
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    out = tmp_path / "diverged"
+    proc = subprocess.run(
+        zero3(recipe, out), env=ds_env(tmp_path), capture_output=True, text=True, timeout=400
+    )
+    assert proc.returncode != 0
+    assert "distill: error: distill: training diverged at step " in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr.split("distill: error:")[0]  # none from distill's ranks
+    assert not (out / "student").exists() and not (out / "report.json").exists()
