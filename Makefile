@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 	# the CPU build from PyTorch's index instead.
 	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install --quiet -e ".[offline,dev]"
-	# DeepSpeed for the tests of training under it, in a folder of its own that only those tests put
-	# on the path: importing it costs every process that saves a model a few seconds once installed.
-	$(PY) -m pip install --quiet --no-deps --target $(DEEPSPEED_DIR) $(DEEPSPEED_PACKAGES)
+	# DeepSpeed (Linux) for the tests of training under it, in a folder of its own that only those
+	# tests put on the path: once importable, every process that saves a model imports it (seconds).
+	if [ "$$(uname -s)" = Linux ]; then $(PY) -m pip install --quiet --no-deps --target $(DEEPSPEED_DIR) $(DEEPSPEED_PACKAGES); fi
 	touch $(STAMP)
 
 install: $(STAMP)

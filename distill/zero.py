@@ -83,6 +83,15 @@ def launch_problems(cfg: Any) -> None:
                 f"'{section}' section, and distill trains with its own AdamW and schedule (train.*); "
                 f"remove the '{section}' section"
             )
+    # Each training stage's batch, accumulation and clipping against what the launch fixes.
+    given, processes = _launcher_values(), int(os.environ.get("WORLD_SIZE", "1"))
+    stages = [("train", cfg.train.batch_size, cfg.train.gradient_accumulation_steps)]
+    if cfg.teacher.stage.enabled:
+        which = "teacher.train" if cfg.teacher.architecture else "teacher.finetune"
+        stages.append((which, cfg.teacher.stage.batch_size, 1))
+    for stage, batch_size, accumulation in stages:
+        ours = _stage_values(batch_size, accumulation, cfg.train.max_grad_norm, processes)
+        _refuse_conflicts(given, ours, stage)
     gathered = config.get("zero_optimization", {}).get(SAVE_GATHERED)
     if gathered is None:
         gathered = os.environ.get("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL")
@@ -152,29 +161,60 @@ def configure_stage(
     given = getattr(plugin, "_distill_given", None)
     if given is None:  # what the launcher and config file said, before any stage wrote its own
         given = plugin._distill_given = copy.deepcopy({k: config.get(k, "auto") for k in OWNED})
-    ours = {
+    ours = _stage_values(batch_size, accumulation, max_grad_norm, accelerator.num_processes)
+    _refuse_conflicts(given, ours)
+    config.update(ours)
+    config.setdefault("zero_optimization", {})[SAVE_GATHERED] = True
+    accelerator.gradient_accumulation_steps = accumulation  # what Accelerate checks the config against
+
+
+def _stage_values(batch_size: int, accumulation: int, max_grad_norm: float, processes: int) -> dict[str, Any]:
+    return {
         "train_micro_batch_size_per_gpu": batch_size,
         "gradient_accumulation_steps": accumulation,
-        "train_batch_size": batch_size * accumulation * accelerator.num_processes,
+        "train_batch_size": batch_size * accumulation * processes,
         "gradient_clipping": float(max_grad_norm) if max_grad_norm > 0 else 0.0,
     }
-    recipe_key = {
-        "train_micro_batch_size_per_gpu": "batch_size",
-        "gradient_accumulation_steps": "gradient_accumulation_steps",
-        "train_batch_size": "batch_size x gradient_accumulation_steps x processes",
-        "gradient_clipping": "max_grad_norm",
-    }
+
+
+RECIPE_KEYS = {
+    "train_micro_batch_size_per_gpu": "batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "train_batch_size": "batch_size x gradient_accumulation_steps x processes",
+    "gradient_clipping": "max_grad_norm",
+}
+
+
+def _refuse_conflicts(given: dict[str, Any], ours: dict[str, Any], stage: str = "train") -> None:
     for key, value in ours.items():
         theirs = given.get(key, "auto")
         if theirs not in (None, "auto") and float(theirs) != float(value):
+            if key == "gradient_clipping":
+                source = "train.max_grad_norm"  # every stage clips at it
+            elif stage == "train" or key == "train_micro_batch_size_per_gpu":
+                source = f"{stage}.{RECIPE_KEYS[key]}"
+            else:
+                source = f"{stage} stage (it does not accumulate gradients)"
             raise DistillError(
                 f"DeepSpeed's {key} is {theirs} (accelerate launch or its DeepSpeed config), and the recipe's "
-                f"train.{recipe_key[key]} makes it {value}; distill sets it from the recipe: drop it there "
-                "or set the recipe to match"
+                f"{source} makes it {value}; distill sets it from the recipe: drop it there or set the "
+                "recipe to match"
             )
-        config[key] = value
-    config.setdefault("zero_optimization", {})[SAVE_GATHERED] = True
-    accelerator.gradient_accumulation_steps = accumulation  # what Accelerate checks the config against
+
+
+def _launcher_values() -> dict[str, Any]:
+    """The values of the keys distill sets that the launch gives, as Accelerate's plugin reads them:
+    the config file's, its ``auto`` ones (or all, without a file) filled from the launch flags."""
+    config = _config_file()
+    flags = {
+        "gradient_accumulation_steps": os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "auto"),
+        "gradient_clipping": os.environ.get("ACCELERATE_GRADIENT_CLIPPING", "auto"),
+    }
+    given = {key: config.get(key, "auto") for key in OWNED}
+    for key, value in flags.items():
+        if given[key] == "auto":
+            given[key] = value
+    return given
 
 
 def engine(accelerator: Accelerator) -> Any:

@@ -212,6 +212,17 @@ def test_what_a_deepspeed_launch_cannot_run_is_refused_in_one_line(tmp_path, dat
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL", "false")
     assert f"{zero.SAVE_GATHERED} is false" in refused()
     monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL")
+    # A launcher value distill sets from the recipe that differs, caught by validate before any stage.
+    monkeypatch.setenv("ACCELERATE_GRADIENT_CLIPPING", "0.5")  # accelerate launch --gradient_clipping 0.5
+    assert "DeepSpeed's gradient_clipping is 0.5 " in refused()
+    assert main(["validate", str(recipe), "train.max_grad_norm=0.5"]) == 0
+    monkeypatch.delenv("ACCELERATE_GRADIENT_CLIPPING")
+    config.write_text(json.dumps({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 8}))
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(config))
+    assert main(["validate", str(recipe)]) == 0  # the recipe's batch is 8
+    extra = ("teacher.finetune.enabled=true", "teacher.finetune.batch_size=16")
+    assert "the recipe's teacher.finetune.batch_size makes it 16" in refused(*extra)
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_CONFIG_FILE")
     assert main(["validate", str(recipe)]) == 0
     assert not out.exists()
 
