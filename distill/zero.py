@@ -43,11 +43,6 @@ OWNED = (
 SAVE_GATHERED = "stage3_gather_16bit_weights_on_model_save"
 
 
-def launched() -> bool:
-    """``accelerate launch`` asked for DeepSpeed (its flag or config file)."""
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-
-
 def active(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
