@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks, one short script for a machine with one CUDA GPU, run from the repository root with
 # the anchor beside it (../shared/bench/textbook_kd.py: the textbook KD step written by hand, so
-# each GPU figure below is a ratio against it measured on the same card). About 8 minutes:
+# each GPU figure below is a ratio against it measured on the same card). About 9 minutes:
 #   0. the anchor: textbook KD step times and peak memory (BERT-base -> 6 layers, Marian-size),
 #   1. the bf16, LoRA and family tests on the GPU (tiny models),
 #   2. distill's step overhead and KD memory on the GPU (bf16 teacher),
@@ -79,7 +79,7 @@ PY
 echo "== 5. DeepSpeed ZeRO-3 on the card (bf16)"
 ds_path="$PWD/.venv/deepspeed"
 if PYTHONPATH="$ds_path:$PYTHONPATH" python3 -c "import deepspeed" 2>/dev/null; then
-  PYTHONPATH="$ds_path:$PYTHONPATH" PATH="$ds_path/bin:$PATH" timeout 150 python3 -m accelerate.commands.launch \
+  PYTHONPATH="$ds_path:$PYTHONPATH" PATH="$ds_path/bin:$PATH" timeout 90 python3 -m accelerate.commands.launch \
     --use_deepspeed --zero_stage 3 --num_processes 1 --mixed_precision bf16 -m distill.cli run "$out/lm.yaml" \
     output.dir="$out/zero3" train.mixed_precision= 2>&1 | grep -v "it/s" | tail -4
   python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print('ZeRO-3:', r['mixed_precision'], *(f\"{m['name']} {m['precision']} {r['primary_metric']} {m['metrics'][r['primary_metric']]:.4f}\" for m in r['models']))" "$out/zero3/report.json"
