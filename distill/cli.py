@@ -279,7 +279,10 @@ def _main(argv: list[str] | None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
     logging.basicConfig(level=logging.WARNING, format="distill: %(message)s")
-    logging.getLogger("distill").setLevel(logging.INFO)
+    # Under torchrun / accelerate launch every rank reads the same data and says the same things:
+    # only rank 0 speaks (as Accelerate's own logger does); errors still come from each rank.
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    logging.getLogger("distill").setLevel(logging.INFO if main_rank else logging.ERROR)
     from distill.stages import quiet_libraries
 
     quiet_libraries()
