@@ -119,14 +119,11 @@ def launcher_settings(cfg: RecipeConfig) -> str | None:
             "parallel over gloo)"
         )
     fsdp2 = launched == "FSDP" and os.environ.get("FSDP_VERSION", "1").strip() == "2"
-    if cfg.teacher.shard is True and not fsdp2:
-        how = {
-            "FSDP": "shards with FSDP version 1",
-            "DeepSpeed": "trains under DeepSpeed (the teacher is replicated)",
-        }.get(launched, "does not shard")
+    if cfg.teacher.shard is True and not fsdp2 and launched != "DeepSpeed":
+        how = "shards with FSDP version 1" if launched == "FSDP" else "does not shard"
         raise DistillError(
             "teacher.shard=true: the teacher is sharded only under FSDP2 (accelerate launch --use_fsdp "
-            f"--fsdp_version 2), and this launch {how}; set teacher.shard=auto or false"
+            f"--fsdp_version 2) or DeepSpeed training, and this launch {how}; set teacher.shard=auto or false"
         )
     steps = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "").strip()
     if steps and steps != str(cfg.train.gradient_accumulation_steps):

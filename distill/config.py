@@ -99,7 +99,7 @@ class TeacherConfig:
         default_factory=dict
     )  # with device_map: the most each device may hold ({0: 20GiB, cpu: 60GiB}); what does not fit is offloaded to disk
     shard: bool | str = (
-        "auto"  # under FSDP2 (accelerate launch --use_fsdp --fsdp_version 2): auto (sharded when the student stage runs it online) | true (each process holds 1/N of the frozen teacher's weights, gathered block by block in its forward) | false (a whole replica per process)
+        "auto"  # under FSDP2 or DeepSpeed training (accelerate launch --use_fsdp --fsdp_version 2, --use_deepspeed): auto (sharded when the student stage runs it online) | true (each process holds 1/N of the frozen teacher's weights, gathered block by block in its forward) | false (a whole replica per process)
     )
 
     def check(self, key: str) -> None:

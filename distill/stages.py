@@ -207,15 +207,19 @@ def _run(
 
 
 def _shards_teacher(accelerator: Accelerator, cfg: RecipeConfig) -> bool:
-    """``teacher.shard`` for this launch: auto shards under FSDP2 over several processes when the
-    student stage runs the teacher (not with a store, nor a teacher placed by device_map)."""
-    fsdp2 = bool(getattr(accelerator, "is_fsdp2", False))
+    """``teacher.shard`` for this launch: auto shards under sharded training (FSDP2, DeepSpeed) over
+    several processes when the student stage runs the teacher (not with a store, nor a teacher
+    placed by device_map). Either way the teacher is sharded with torch's ``fully_shard``: it is
+    no engine's model, so nothing of DeepSpeed's is needed for its forward passes."""
+    sharding = bool(getattr(accelerator, "is_fsdp2", False)) or zero.active(accelerator)
     if cfg.teacher.shard is True:
-        if not fsdp2:  # checked before the launch; an Accelerator set up otherwise from Python
-            raise DistillError("teacher.shard=true: the teacher is sharded only under FSDP2 training")
+        if not sharding:  # checked before the launch; an Accelerator set up otherwise from Python
+            raise DistillError(
+                "teacher.shard=true: the teacher is sharded only under FSDP2 or DeepSpeed training"
+            )
         return True
     online = not cfg.teacher.cache and not cfg.teacher.device_map
-    return cfg.teacher.shard == "auto" and fsdp2 and accelerator.num_processes > 1 and online
+    return cfg.teacher.shard == "auto" and sharding and accelerator.num_processes > 1 and online
 
 
 def _shard_teacher(accelerator: Accelerator, teacher: torch.nn.Module, setting: bool | str) -> dict[str, Any]:
@@ -224,7 +228,7 @@ def _shard_teacher(accelerator: Accelerator, teacher: torch.nn.Module, setting: 
     local = shard_for_inference(teacher)
     n = accelerator.num_processes
     accelerator.print(
-        f"teacher: sharded for inference over {n} processes (FSDP2, teacher.shard={str(setting).lower()}): "
+        f"teacher: sharded for inference over {n} processes (fully_shard, teacher.shard={str(setting).lower()}): "
         f"{local / 1e6:.2f}M of its {whole / 1e6:.2f}M weights on each, a block gathered at a time"
     )
     return {"processes": n, "parameters": whole, "parameters_per_process": local}

@@ -100,6 +100,11 @@ def test_zero3_trains_as_one_process_saves_a_plain_folder_and_resumes_exactly(tm
         assert len(la) == len(lb) == 8 and la == pytest.approx(lb, rel=1e-4), key
     ra, rb = read_report(one), read_report(straight)
     assert ra["by_name"]["student"]["metrics"] == rb["by_name"]["student"]["metrics"]
+    # The frozen teacher sharded for inference (teacher.shard=auto; torch's fully_shard beside the
+    # engine), half of it on each process, giving the losses of the whole one above; the report
+    # measured it whole again, read back from its folder.
+    shard = json.loads((straight / "results.json").read_text())["teacher_sharded"]
+    assert shard["processes"] == 2 and shard["parameters_per_process"] < 0.6 * shard["parameters"], shard
     assert ra["by_name"]["teacher"]["metrics"] == rb["by_name"]["teacher"]["metrics"]
     # Gathered into a whole, plain folder: every weight of the single-process student, close to it.
     a, b = (load_file(str(d / "student" / "model.safetensors")) for d in (one, straight))
@@ -172,6 +177,9 @@ def test_zero3_decoder_only_in_bf16_with_a_teacher_fine_tuned_and_on_policy_samp
     marker = [json.loads((d / "teacher" / FINETUNE_MARKER).read_text())["validation"] for d in (one, two)]
     assert marker[0]["perplexity"] == pytest.approx(marker[1]["perplexity"], rel=1e-2), marker
     assert read_report(two)["mixed_precision"] == "bf16"
+    # The fine-tuned teacher that scored the on-policy samples was sharded as well, half on each.
+    shard = json.loads((two / "results.json").read_text())["teacher_sharded"]
+    assert shard["processes"] == 2 and shard["parameters_per_process"] < 0.6 * shard["parameters"], shard
     for folder in ("teacher", "student"):
         AutoModelForCausalLM.from_pretrained(two / folder)  # plain transformers reads what was shipped
 
