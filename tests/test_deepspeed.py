@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import psutil
 import pytest
 import torch
 from conftest import read_report, recipe_dict, save_tiny_bert, write_recipe
 from safetensors.torch import load_file
 from test_distributed import free_port
 from test_faults import env
-from test_fsdp import history
+from test_fsdp import history, kill_all_when, run_one_and
 
 from distill import zero
 from distill.cli import main
@@ -75,18 +72,7 @@ def test_zero3_trains_as_one_process_saves_a_plain_folder_and_resumes_exactly(tm
     )
     recipe = write_recipe(tmp_path / "r.yaml", raw)
     one, straight, killed = tmp_path / "one", tmp_path / "straight", tmp_path / "killed"
-    single = [
-        sys.executable,
-        "-m",
-        "distill.cli",
-        "run",
-        str(recipe),
-        f"output.dir={one}",
-        "train.batch_size=8",
-    ]
-    for cmd in (single, zero3(recipe, straight)):
-        done = subprocess.run(cmd, env=ds_env(tmp_path), capture_output=True, text=True, timeout=400)
-        assert done.returncode == 0, done.stderr[-3000:]
+    run_one_and(recipe, one, zero3(recipe, straight), ds_env(tmp_path))
 
     # Partitioned for real: ZeRO's checkpoint layout, one model and one optimizer partition per rank.
     checkpoint = straight / "stages" / "distill" / "checkpoints" / "step_7"
@@ -112,22 +98,8 @@ def test_zero3_trains_as_one_process_saves_a_plain_folder_and_resumes_exactly(tm
     assert all(a[k].shape == b[k].shape and torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
     # Every process killed at once (a lost machine): the launcher and both ranks.
-    proc = subprocess.Popen(
-        zero3(recipe, killed),
-        env=ds_env(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
     trigger = killed / "stages" / "distill" / "checkpoints" / "step_4"
-    deadline = time.monotonic() + 300
-    while not trigger.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    launcher = psutil.Process(proc.pid)
-    for process in [*launcher.children(recursive=True), launcher]:
-        process.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
+    kill_all_when(zero3(recipe, killed), ds_env(tmp_path), trigger)
     assert trigger.exists() and not (killed / "student").exists()
     resumed = subprocess.run(
         zero3(recipe, killed, "--resume"), env=ds_env(tmp_path), capture_output=True, text=True, timeout=400
@@ -158,18 +130,7 @@ def test_zero3_decoder_only_in_bf16_with_a_teacher_fine_tuned_and_on_policy_samp
     raw["teacher"]["finetune"] = {"enabled": True, "steps": 2, "batch_size": 8, "learning_rate": 1e-3}
     recipe = write_recipe(tmp_path / "r.yaml", raw)
     one, two = tmp_path / "one", tmp_path / "two"
-    single = [
-        sys.executable,
-        "-m",
-        "distill.cli",
-        "run",
-        str(recipe),
-        f"output.dir={one}",
-        "train.batch_size=8",
-    ]
-    for cmd in (single, zero3(recipe, two, "teacher.finetune.batch_size=4")):
-        done = subprocess.run(cmd, env=ds_env(tmp_path), capture_output=True, text=True, timeout=500)
-        assert done.returncode == 0, done.stderr[-3000:]
+    run_one_and(recipe, one, zero3(recipe, two, "teacher.finetune.batch_size=4"), ds_env(tmp_path))
     la = [h["train/loss"] for h in history(one) if "train/loss" in h]
     lb = [h["train/loss"] for h in history(two) if "train/loss" in h]
     # bf16 (DeepSpeed holds the weights themselves in bf16): rounding differs; the on-policy steps lose ~0.005

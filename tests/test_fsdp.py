@@ -31,8 +31,8 @@ def sharded(recipe: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def run_one_and_sharded(recipe: Path, one: Path, two: Path, tmp: Path) -> None:
-    """The recipe in one process with batch 8 into ``one``, and sharded over two with 4 each into ``two``."""
+def run_one_and(recipe: Path, one: Path, launched: list[str], environ: dict[str, str]) -> None:
+    """The recipe in one process with batch 8 into ``one``, then the ``launched`` command."""
     single = [
         sys.executable,
         "-m",
@@ -42,9 +42,29 @@ def run_one_and_sharded(recipe: Path, one: Path, two: Path, tmp: Path) -> None:
         f"output.dir={one}",
         "train.batch_size=8",
     ]
-    for cmd in (single, sharded(recipe, two)):
-        done = subprocess.run(cmd, env=env(tmp), capture_output=True, text=True, timeout=400)
+    for cmd in (single, launched):
+        done = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=500)
         assert done.returncode == 0, done.stderr[-3000:]
+
+
+def run_one_and_sharded(recipe: Path, one: Path, two: Path, tmp: Path) -> None:
+    """The recipe in one process with batch 8 into ``one``, and sharded over two with 4 each into ``two``."""
+    run_one_and(recipe, one, sharded(recipe, two), env(tmp))
+
+
+def kill_all_when(cmd: list[str], environ: dict[str, str], trigger: Path) -> None:
+    """Start the launch ``cmd`` and, once ``trigger`` exists, kill -9 every process at once (a lost
+    machine): the launcher and each rank, which run in their own groups."""
+    proc = subprocess.Popen(
+        cmd, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while not trigger.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    launcher = psutil.Process(proc.pid)
+    for process in [*launcher.children(recursive=True), launcher]:
+        process.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
 
 
 def history(out: Path) -> list[dict]:
@@ -87,22 +107,9 @@ def test_fsdp2_trains_as_one_process_saves_a_plain_folder_and_resumes_exactly(tm
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
     # Every process killed at once (a lost machine): the launcher and both ranks.
-    proc = subprocess.Popen(
-        sharded(recipe, killed),
-        env=env(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    kill_all_when(
+        sharded(recipe, killed), env(tmp_path), killed / "stages" / "distill" / "checkpoints" / "step_4"
     )
-    trigger = killed / "stages" / "distill" / "checkpoints" / "step_4"
-    deadline = time.monotonic() + 300
-    while not trigger.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    launcher = psutil.Process(proc.pid)
-    for process in [*launcher.children(recursive=True), launcher]:  # the ranks run in their own groups
-        process.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
     assert not (killed / "student").exists()
     resumed = subprocess.run(
         sharded(recipe, killed, "--resume"), env=env(tmp_path), capture_output=True, text=True, timeout=400
