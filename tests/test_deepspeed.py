@@ -21,7 +21,7 @@ from conftest import read_report, recipe_dict, save_tiny_bert, write_recipe
 from safetensors.torch import load_file
 from test_distributed import free_port
 from test_faults import env
-from test_fsdp import history, kill_all_when, run_one_and
+from test_fsdp import checkpointed_recipe, history, kill_all_when, run_one_and
 
 from distill import zero
 from distill.cli import main
@@ -62,15 +62,7 @@ def zero3(recipe: Path, out: Path, *extra: str, launcher: tuple[str, ...] = ()) 
 
 @needs_deepspeed
 def test_zero3_trains_as_one_process_saves_a_plain_folder_and_resumes_exactly(tmp_path, data_csv):
-    teacher = save_tiny_bert(tmp_path / "teacher", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    raw = recipe_dict(
-        teacher,
-        data_csv,
-        tmp_path / "unused",
-        train={"steps": 8, "checkpoint_every": 1, "log_every": 1, "learning_rate": 3e-3},
-        eval={"batch_size": 8, "latency": False},
-    )
-    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    recipe = checkpointed_recipe(tmp_path, data_csv)
     one, straight, killed = tmp_path / "one", tmp_path / "straight", tmp_path / "killed"
     run_one_and(recipe, one, zero3(recipe, straight), ds_env(tmp_path))
 

@@ -67,11 +67,9 @@ def kill_all_when(cmd: list[str], environ: dict[str, str], trigger: Path) -> Non
     proc.communicate(timeout=60)
 
 
-def history(out: Path) -> list[dict]:
-    return json.loads((out / "results.json").read_text())["history"]
-
-
-def test_fsdp2_trains_as_one_process_saves_a_plain_folder_and_resumes_exactly(tmp_path, data_csv):
+def checkpointed_recipe(tmp_path: Path, data_csv: Path) -> Path:
+    """A tiny BERT distilled for 8 steps, logged and checkpointed at each, without dropout (so that
+    one process and several see the same computation)."""
     teacher = save_tiny_bert(tmp_path / "teacher", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     raw = recipe_dict(
         teacher,
@@ -81,6 +79,15 @@ def test_fsdp2_trains_as_one_process_saves_a_plain_folder_and_resumes_exactly(tm
         eval={"batch_size": 8, "latency": False},
     )
     recipe = write_recipe(tmp_path / "r.yaml", raw)
+    return recipe
+
+
+def history(out: Path) -> list[dict]:
+    return json.loads((out / "results.json").read_text())["history"]
+
+
+def test_fsdp2_trains_as_one_process_saves_a_plain_folder_and_resumes_exactly(tmp_path, data_csv):
+    recipe = checkpointed_recipe(tmp_path, data_csv)
     one, straight, killed = tmp_path / "one", tmp_path / "straight", tmp_path / "killed"
     run_one_and_sharded(recipe, one, straight, tmp_path)
 
